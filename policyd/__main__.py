@@ -1,0 +1,5 @@
+"""`python -m policyd`, the same as the `policyd` command."""
+
+from policyd.cli import run
+
+run()

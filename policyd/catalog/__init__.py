@@ -1,0 +1,1 @@
+"""The file catalog: experiments, files, their replicas and the storage history."""

@@ -1,0 +1,316 @@
+"""`policyd catalog import`: DM listings, jsonl, csv and Mongo catalogs into the catalog.
+
+Each importer is a generator of (line, column, record-or-error) feeding one loader,
+so every format gets the same batching, the same bad-line reports and the same
+upsert semantics. Nothing is held per input line beyond the current batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from sqlalchemy import Engine
+
+from policyd.catalog.records import (
+    BadRecord,
+    ExperimentRow,
+    FileRow,
+    ReplicaRow,
+    experiment_row,
+    file_row,
+    record_kind,
+)
+from policyd.catalog.writer import BATCH, CatalogWriter
+from policyd.diagnostics import Diagnostic, Span
+
+MAX_KEPT_PROBLEMS = 100
+
+Parsed = tuple[int, int, ExperimentRow | FileRow | BadRecord]
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    source: str
+    counts: dict[str, int] = field(default_factory=dict)
+    bad_lines: int = 0
+    problems: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_lines == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            **self.counts,
+            "bad_lines": self.bad_lines,
+            "problems": [d.to_dict() for d in self.problems],
+        }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a listing's files lie: LOC at the layout path, or at PREFIX/path."""
+
+    location: str
+    path_prefix: str | None = None
+
+    def replica(self, row: FileRow, station: str | None, state: str = "present") -> ReplicaRow:
+        if self.path_prefix is not None:
+            path = f"{self.path_prefix}/{row.path}" if self.path_prefix else row.path
+        else:
+            path = default_layout_path(station, row.experiment, row.path)
+        return ReplicaRow(self.location, path, state)
+
+
+def default_layout_path(station: str | None, experiment: str, path: str) -> str:
+    """`{station}/{experiment.name}/{file.path}` (rules.md section 5), without a station
+    segment for an experiment that has none, so the path never holds an empty segment."""
+    return f"{station}/{experiment}/{path}" if station else f"{experiment}/{path}"
+
+
+def clean_prefix(prefix: str | None) -> str | None:
+    if prefix is None:
+        return None
+    cleaned = prefix.strip("/")
+    if ".." in cleaned.split("/"):
+        raise ValueError(f"--path-prefix {prefix!r} must not contain '..'")
+    return cleaned
+
+
+class Loader:
+    """Consumes parsed records: batches them, resolves experiments, reports bad lines."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        report: ImportReport,
+        now: float,
+        placement: Placement | None = None,
+        on_problem: Callable[[Diagnostic], None] | None = None,
+    ) -> None:
+        self.writer = CatalogWriter(engine, now)
+        self.report = report
+        self.placement = placement
+        self.on_problem = on_problem
+        self.pending_experiments: list[ExperimentRow] = []
+        self.pending_files: list[FileRow] = []
+
+    def problem(self, line: int, col: int, message: str, hint: str | None = None) -> None:
+        self.report.bad_lines += 1
+        diag = Diagnostic("bad-record", message, Span(self.report.source, line, col), "error", hint)
+        if len(self.report.problems) < MAX_KEPT_PROBLEMS:
+            self.report.problems.append(diag)
+        if self.on_problem:
+            self.on_problem(diag)
+
+    def run(self, parsed: Iterable[Parsed]) -> ImportReport:
+        for line, col, item in parsed:
+            if isinstance(item, BadRecord):
+                self.problem(line, col, str(item))
+            elif isinstance(item, ExperimentRow):
+                self.pending_experiments.append(item)
+                if len(self.pending_experiments) >= BATCH:
+                    self.flush_experiments()
+            else:
+                self.add_file(line, item)
+        self.flush_experiments()
+        self.flush_files()
+        self.report.counts = dict(self.writer.counts)
+        return self.report
+
+    def add_file(self, line: int, row: FileRow) -> None:
+        if row.experiment not in self.writer.experiment_ids and self.pending_experiments:
+            self.flush_files()
+            self.flush_experiments()
+        if row.experiment not in self.writer.experiment_ids:
+            self.problem(
+                line,
+                0,
+                f"unknown experiment {row.experiment!r}",
+                'import the experiment record first (a jsonl line with "record": "experiment")',
+            )
+            return
+        if self.placement is not None:
+            station = self.writer.experiment_stations[row.experiment]
+            row.replicas.append(self.placement.replica(row, station))
+        self.pending_files.append(row)
+        if len(self.pending_files) >= BATCH:
+            self.flush_files()
+
+    def flush_experiments(self) -> None:
+        if self.pending_experiments:
+            self.writer.write_experiments(self.pending_experiments)
+            self.pending_experiments = []
+
+    def flush_files(self) -> None:
+        if self.pending_files:
+            self.writer.write_files(self.pending_files)
+            self.pending_files = []
+
+
+def open_source(source: str) -> BinaryIO:
+    if source == "-":
+        return sys.stdin.buffer
+    return open(source, "rb")
+
+
+def parse_jsonl(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iterator[Parsed]:
+    for number, raw in enumerate(stream, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = orjson.loads(raw.rstrip(b"\r\n"))
+        except orjson.JSONDecodeError as exc:
+            col = getattr(exc, "colno", 0) or 0
+            yield number, col, BadRecord(f"not valid JSON: {exc.msg}")
+            continue
+        yield number, 0, to_row(record, tz, locations)
+
+
+def parse_json_document(
+    stream: BinaryIO, tz: tzinfo, locations: frozenset[str]
+) -> Iterator[Parsed]:
+    """A `.json` file: one record or a list of them, as the DM service returns them."""
+    try:
+        document = orjson.loads(stream.read())
+    except orjson.JSONDecodeError as exc:
+        yield exc.lineno, exc.colno, BadRecord(f"not valid JSON: {exc.msg}")
+        return
+    records = document if isinstance(document, list) else [document]
+    for index, record in enumerate(records, 1):
+        yield index, 0, to_row(record, tz, locations)
+
+
+def to_row(
+    record: Any, tz: tzinfo, locations: frozenset[str]
+) -> ExperimentRow | FileRow | BadRecord:
+    if not isinstance(record, dict):
+        return BadRecord(f"a record must be a JSON object, not {type(record).__name__}")
+    try:
+        if record_kind(record) == "experiment":
+            return experiment_row(record, tz)
+        return file_row(record, tz, known_locations=locations)
+    except BadRecord as bad:
+        return bad
+
+
+DM_LISTING_SPLIT = re.compile(r" (?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+def parse_dm_listing(stream: BinaryIO, tz: tzinfo, experiment: str) -> Iterator[Parsed]:
+    """`key=value key=value` lines; a value runs up to the next ` key=` (it may hold spaces)."""
+    for number, raw in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), 1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        record: dict[str, Any] = {}
+        bad = None
+        for part in DM_LISTING_SPLIT.split(line.strip()):
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                bad = BadRecord(f"expected key=value, got {part!r}")
+                break
+            record[key] = value
+        if bad is None:
+            try:
+                yield number, 0, file_row(record, tz, experiment=experiment, from_text=True)
+                continue
+            except BadRecord as exc:
+                bad = exc
+        yield number, 0, bad
+
+
+CSV_NUMERIC = ("fileCreationTime", "fileModificationTime")
+
+
+def parse_csv(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iterator[Parsed]:
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    reader = csv.DictReader(text)
+    header = reader.fieldnames or []
+    missing = [k for k in ("experimentName", "experimentFilePath", "fileSize") if k not in header]
+    if missing:
+        yield 1, 0, BadRecord(f"the header row lacks {', '.join(missing)}")
+        return
+    for record in reader:
+        line = reader.line_num
+        if None in record:
+            yield line, 0, BadRecord(f"more fields than the header's {len(header)}")
+            continue
+        cleaned = {k: v for k, v in record.items() if v not in ("", None)}
+        try:
+            yield line, 0, file_row(cleaned, tz, known_locations=locations, from_text=True)
+        except BadRecord as bad:
+            yield line, 0, bad
+
+
+def looks_like_json_document(source: str) -> bool:
+    return source != "-" and Path(source).suffix.lower() == ".json"
+
+
+KINDS = ("jsonl", "csv", "dm-listing", "mongo", "scan")
+
+
+class ImportUsageError(ValueError):
+    """The import cannot start (wrong options, unknown experiment or location)."""
+
+
+def import_records(
+    engine: Engine,
+    kind: str,
+    source: str,
+    *,
+    tz: tzinfo,
+    locations: frozenset[str],
+    now: float,
+    experiment: str | None = None,
+    location: str | None = None,
+    path_prefix: str | None = None,
+    on_problem: Callable[[Diagnostic], None] | None = None,
+) -> ImportReport:
+    """Import a `jsonl`, `csv` or `dm-listing` source (a path, or `-` for stdin)."""
+    if location is not None and location not in locations:
+        raise ImportUsageError(
+            f"--location {location!r} is not a location of the site config "
+            f"(known: {', '.join(sorted(locations)) or 'none'})"
+        )
+    placement = Placement(location, clean_prefix(path_prefix)) if location else None
+    report = ImportReport(kind, source)
+    loader = Loader(engine, report, now, placement, on_problem)
+    if kind == "dm-listing":
+        if experiment is None or location is None:
+            raise ImportUsageError("dm-listing needs --experiment NAME and --location LOC")
+        if experiment not in loader.writer.experiment_ids:
+            raise ImportUsageError(
+                f"experiment {experiment!r} is not in the catalog: import its record first"
+            )
+    try:
+        stream = open_source(source)
+    except OSError as exc:
+        raise ImportUsageError(f"cannot read {source}: {exc.strerror}") from None
+    with stream:
+        if kind == "jsonl":
+            parser = (
+                parse_json_document(stream, tz, locations)
+                if looks_like_json_document(source)
+                else parse_jsonl(stream, tz, locations)
+            )
+        elif kind == "csv":
+            parser = parse_csv(stream, tz, locations)
+        elif kind == "dm-listing":
+            assert experiment is not None
+            parser = parse_dm_listing(stream, tz, experiment)
+        else:
+            raise ImportUsageError(f"unknown import kind {kind!r}: one of {', '.join(KINDS)}")
+        return loader.run(parser)

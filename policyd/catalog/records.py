@@ -1,0 +1,282 @@
+"""Turning DM-shaped records into catalog rows, and saying precisely why a record is bad.
+
+The DM's formats are lenient by nature (a file record is any key/value bag), so keys
+we do not model are kept as metadata rather than rejected. The keys we do model are
+checked strictly: a wrong size or checksum in the catalog would later decide what
+gets deleted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
+
+from policyd.catalog.schema import REPLICA_STATES
+
+MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
+
+FILE_KEYS = frozenset(
+    {
+        "record",
+        "experimentName",
+        "experimentFilePath",
+        "fileSize",
+        "md5Sum",
+        "fileCreationTime",
+        "fileModificationTime",
+        "replicas",
+        "_id",
+    }
+)
+
+
+class BadRecord(ValueError):
+    """A record that cannot go into the catalog; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    location: str
+    path: str
+    state: str
+
+
+@dataclass(slots=True)
+class FileRow:
+    experiment: str
+    path: str
+    size: int
+    md5: str | None
+    created: float | None
+    modified: float | None
+    meta: dict[str, Any] | None
+    replicas: list[ReplicaRow] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+    @property
+    def ext(self) -> str:
+        name = self.name
+        dot = name.rfind(".")
+        return name[dot + 1 :] if dot > 0 else ""
+
+
+@dataclass(slots=True)
+class ExperimentRow:
+    name: str
+    station: str | None
+    type: str | None
+    description: str | None
+    start: float | None
+    end: float | None
+    users: list[str]
+    meta: dict[str, Any]
+
+
+def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
+    """Epoch seconds from the DM's epoch floats or ISO 8601 text (naive = site timezone)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise BadRecord(f"{key} must be a time (ISO 8601 or epoch seconds), not {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRecord(
+                f"{key} {value!r} is not a time: write ISO 8601 "
+                "(2018-03-01T08:00:00Z) or epoch seconds"
+            ) from None
+    else:
+        raise BadRecord(f"{key} must be a time (ISO 8601 or epoch seconds), not {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment.timestamp()
+
+
+def parse_size(value: Any, key: str = "fileSize", from_text: bool = False) -> int:
+    """Whole bytes; digits in text only for formats that have no numbers (listings, csv)."""
+    if isinstance(value, bool):
+        raise BadRecord(f"{key} must be a whole number of bytes, not {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, float) and value.is_integer():
+        size = int(value)
+    elif from_text and isinstance(value, str) and value.strip().isdigit():
+        size = int(value)
+    else:
+        raise BadRecord(f"{key} must be a whole number of bytes, not {value!r}")
+    if size < 0:
+        raise BadRecord(f"{key} must not be negative, got {size}")
+    return size
+
+
+def parse_md5(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or MD5_RE.fullmatch(value) is None:
+        shown = value if not isinstance(value, str) else f"{value!r} ({len(value)} characters)"
+        raise BadRecord(f"md5Sum must be 32 hexadecimal digits, got {shown}")
+    return value.lower()
+
+
+def check_relative_path(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRecord(f"{key} must be a non-empty text, not {value!r}")
+    parts = value.split("/")
+    if value.startswith("/") or ".." in parts or "" in parts or "\x00" in value:
+        raise BadRecord(
+            f"{key} {value!r} must be a relative path without '..', empty segments or NUL"
+        )
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """Metadata must round-trip through JSON columns; Mongo hands us richer types."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def file_row(
+    record: dict[str, Any],
+    tz: tzinfo,
+    experiment: str | None = None,
+    known_locations: frozenset[str] | None = None,
+    from_text: bool = False,
+) -> FileRow:
+    """Validate one DM file record; `experiment` fills in for listings that omit it."""
+    exp = record.get("experimentName", experiment)
+    if experiment is not None and exp != experiment:
+        raise BadRecord(f"experimentName {exp!r} differs from --experiment {experiment!r}")
+    if not isinstance(exp, str) or not exp:
+        raise BadRecord("missing key experimentName")
+    if "experimentFilePath" not in record:
+        raise BadRecord("missing key experimentFilePath")
+    path = check_relative_path(record["experimentFilePath"], "experimentFilePath")
+    if "fileSize" not in record:
+        raise BadRecord("missing key fileSize")
+    size = parse_size(record["fileSize"], from_text=from_text)
+    md5 = parse_md5(record.get("md5Sum"))
+    created = parse_time(record.get("fileCreationTime"), "fileCreationTime", tz)
+    modified = parse_time(record.get("fileModificationTime"), "fileModificationTime", tz)
+    meta = {k: jsonable(v) for k, v in record.items() if k not in FILE_KEYS}
+    row = FileRow(exp, path, size, md5, created, modified, meta or None)
+    raw_replicas = record.get("replicas")
+    if raw_replicas is not None:
+        if not isinstance(raw_replicas, list):
+            raise BadRecord("replicas must be a list of {location, path, verified}")
+        row.replicas = [replica_row(r, i, known_locations) for i, r in enumerate(raw_replicas)]
+    return row
+
+
+def replica_row(raw: Any, index: int, known_locations: frozenset[str] | None) -> ReplicaRow:
+    where = f"replicas[{index}]"
+    if not isinstance(raw, dict):
+        raise BadRecord(f"{where} must be an object with location, path and verified")
+    location = raw.get("location")
+    if not isinstance(location, str) or not location:
+        raise BadRecord(f"{where} is missing key location")
+    if known_locations is not None and location not in known_locations:
+        raise BadRecord(
+            f"{where}.location {location!r} is not a location of the site config "
+            f"(known: {', '.join(sorted(known_locations)) or 'none'})"
+        )
+    path = check_relative_path(raw.get("path"), f"{where}.path")
+    if "state" in raw:
+        state = raw["state"]
+        if state not in REPLICA_STATES:
+            raise BadRecord(f"{where}.state must be one of {', '.join(REPLICA_STATES)}")
+    else:
+        verified = raw.get("verified", False)
+        if not isinstance(verified, bool):
+            raise BadRecord(f"{where}.verified must be true or false, not {verified!r}")
+        state = "verified" if verified else "present"
+    return ReplicaRow(location, path, state)
+
+
+def _named(value: Any, key: str) -> str | None:
+    """The DM service nests some names (`experimentStation: {name: ...}`)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return value["name"]
+    raise BadRecord(f"{key} must be a name or an object with a name, not {value!r}")
+
+
+EXPERIMENT_KEYS = frozenset(
+    {
+        "record",
+        "name",
+        "station",
+        "stationName",
+        "experimentStation",
+        "experimentType",
+        "type",
+        "description",
+        "startDate",
+        "endDate",
+        "users",
+        "experimentUsernameList",
+        "_id",
+    }
+)
+
+
+def experiment_row(record: dict[str, Any], tz: tzinfo) -> ExperimentRow:
+    """Accepts both our jsonl experiment record and the DM service's experiment JSON."""
+    name = record.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRecord("missing key name (the experiment's name)")
+    station = _named(
+        record.get("station", record.get("experimentStation", record.get("stationName"))),
+        "station",
+    )
+    exp_type = _named(record.get("experimentType", record.get("type")), "experimentType")
+    description = record.get("description")
+    if description is not None and not isinstance(description, str):
+        raise BadRecord(f"description must be text, not {description!r}")
+    users = record.get("users", record.get("experimentUsernameList", []))
+    if users is None:
+        users = []
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        raise BadRecord("users must be a list of user names")
+    start = parse_time(record.get("startDate"), "startDate", tz)
+    end = parse_time(record.get("endDate"), "endDate", tz)
+    meta = {k: jsonable(v) for k, v in record.items() if k not in EXPERIMENT_KEYS}
+    return ExperimentRow(name, station, exp_type, description, start, end, users, meta)
+
+
+def record_kind(record: dict[str, Any]) -> str:
+    """`record` says the kind; the DM service's own JSON has no such key, so infer it."""
+    kind = record.get("record")
+    if kind is not None:
+        if kind not in ("file", "experiment"):
+            raise BadRecord(f"record must be 'file' or 'experiment', not {kind!r}")
+        return kind
+    if "experimentFilePath" in record:
+        return "file"
+    if "name" in record and (
+        "experimentStation" in record or "stationName" in record or "station" in record
+    ):
+        return "experiment"
+    raise BadRecord('cannot tell the record\'s kind: add "record": "file" or "experiment"')

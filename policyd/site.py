@@ -1,0 +1,64 @@
+"""Opening a site for a command: its config, and its catalog upgraded and in sync.
+
+Commands that need the catalog call `open_site`; it is the one place that decides
+which config and which catalog a command works on (spec/cli.md: `-c`, then
+POLICYD_CONFIG, then ./policyd.yaml; POLICYD_CATALOG over the config's catalog).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from policyd.catalog.db import open_catalog
+from policyd.catalog.site import sync_site
+from policyd.diagnostics import Diagnostic, DiagnosticError, Span
+from policyd.stations.config import SiteConfig, find_config, load_site_config
+
+
+@dataclass
+class Site:
+    config: SiteConfig
+
+    @cached_property
+    def engine(self) -> Engine:
+        engine = open_catalog(self.config.catalog_url())
+        sync_site(engine, self.config)
+        return engine
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.config.timezone)
+
+    @property
+    def location_names(self) -> frozenset[str]:
+        return frozenset(self.config.locations)
+
+
+def load_config(explicit: str | Path | None) -> SiteConfig:
+    path = find_config(explicit)
+    if path is None:
+        catalog = os.environ.get("POLICYD_CATALOG")
+        if catalog:
+            return SiteConfig.empty(catalog)
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "no-config",
+                    "no site config: none given with -c, POLICYD_CONFIG is not set "
+                    "and there is no ./policyd.yaml",
+                    Span(str(Path.cwd() / "policyd.yaml")),
+                    hint="run `policyd init DIR` to write a starter config, or pass -c PATH",
+                )
+            ]
+        )
+    return load_site_config(path)
+
+
+def open_site(explicit: str | Path | None) -> Site:
+    return Site(load_config(explicit))

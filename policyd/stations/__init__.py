@@ -1,0 +1,1 @@
+"""Where data lives and who owns it: the site config, its locations and its stations."""
