@@ -21,14 +21,17 @@ from urllib.parse import urlparse
 import fs
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
+from policyd.catalog.bulk import Bulk
 from policyd.catalog.importers import ImportUsageError, clean_prefix
 from policyd.catalog.schema import files, replicas
 from policyd.catalog.writer import (
     BATCH,
     CatalogWriter,
     dialect_insert,
+    file_ids,
     replica_params,
-    write_replicas,
+    replica_upsert,
+    unique_replicas,
 )
 from policyd.diagnostics import Diagnostic, Span
 
@@ -213,8 +216,9 @@ class Scanner:
             owned.append((owner, path, size, mtime))
         if not owned:
             return
+        bulk = Bulk(conn)
         keys = [owner for owner, *_ in owned]
-        before = self.writer.file_ids(conn, keys)
+        before = file_ids(bulk, keys)
         new_files = {}
         for (exp_id, fpath), _path, size, mtime in owned:
             if (exp_id, fpath) not in before:
@@ -237,13 +241,15 @@ class Scanner:
                 list(new_files.values()),
             )
             self.report.counts["new_files"] += len(new_files)
-        ids = {**before, **self.writer.file_ids(conn, list(new_files))} if new_files else before
+        ids = {**before, **file_ids(bulk, new_files)} if new_files else before
         params = []
         for owner, path, size, mtime in owned:
             p = replica_params(ids[owner], self.location_id, path, "present", self.now)
             p.update(size=size, mtime=mtime, seen_at=self.now)
             params.append(p)
-        write_replicas(conn, params, refresh=("size", "mtime", "seen_at"))
+        params = unique_replicas(params)
+        refresh = ("size", "mtime", "seen_at")
+        conn.execute(replica_upsert(conn, refresh), params)
         self.report.counts["new_replicas"] += len(params)
 
     def mark_missing(self, under: str) -> None:

@@ -1,22 +1,26 @@
 """Batched upserts into the catalog, one code path for SQLite and PostgreSQL.
 
 Importers hand over validated rows; the writer groups them and sends one
-multi-row INSERT ... ON CONFLICT DO UPDATE per table per batch, so the cost per
-record stays flat however large the input is.
+INSERT ... ON CONFLICT DO UPDATE per table per batch (see catalog.bulk), so the
+cost per record stays flat however large the input is.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, func, select, tuple_
+from sqlalchemy import Connection, Engine, Insert, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from policyd.catalog.bulk import Bulk
 from policyd.catalog.records import ExperimentRow, FileRow
 from policyd.catalog.schema import experiments, files, locations, replicas, stations
 
 BATCH = 2000
+
+EXCLUDED = object()
 
 
 def dialect_insert(conn: Connection, table: Table) -> Insert:
@@ -30,14 +34,12 @@ def upsert(
 ) -> Insert:
     """INSERT ... ON CONFLICT (index) DO UPDATE SET update, in the connection's dialect.
 
-    `update` maps a column to the new value; use `excluded(column)` for the incoming one.
+    `update` maps a column to EXCLUDED (take the incoming value) or to a function of
+    the statement giving the new value's expression.
     """
     stmt = dialect_insert(conn, table)
     values = {c: (stmt.excluded[c] if v is EXCLUDED else v(stmt)) for c, v in update.items()}
     return stmt.on_conflict_do_update(index_elements=list(index), set_=values)
-
-
-EXCLUDED = object()
 
 
 def take_new(*columns: str) -> dict[str, Any]:
@@ -56,30 +58,50 @@ def replica_params(
     }
 
 
-def write_replicas(
-    conn: Connection, params: list[dict[str, Any]], refresh: tuple[str, ...] = ()
-) -> None:
+def replica_upsert(conn: Connection, refresh: tuple[str, ...] = ()) -> Insert:
     """Upsert replicas by (file, location); the operator's word on the state wins.
 
     `refresh` names further columns the incoming rows carry (a scan's size and mtime).
     """
-    unique = {(p["file_id"], p["location_id"]): p for p in params}
-    if not unique:
-        return
-    conn.execute(
-        upsert(
-            conn,
-            replicas,
-            ["file_id", "location_id"],
-            {
-                **take_new("path", "state", *refresh),
-                "verified_at": lambda s: func.coalesce(
-                    s.excluded.verified_at, replicas.c.verified_at
-                ),
-            },
-        ),
-        list(unique.values()),
+    return upsert(
+        conn,
+        replicas,
+        ["file_id", "location_id"],
+        {
+            **take_new("path", "state", *refresh),
+            "verified_at": lambda s: func.coalesce(s.excluded.verified_at, replicas.c.verified_at),
+        },
     )
+
+
+def file_upsert(conn: Connection) -> Insert:
+    return upsert(
+        conn,
+        files,
+        ["experiment_id", "path"],
+        {
+            **take_new("name", "ext", "size", "created", "modified", "meta"),
+            # A record without md5 must not erase a checksum the catalog already knows.
+            "md5": lambda s: func.coalesce(s.excluded.md5, files.c.md5),
+        },
+    )
+
+
+def unique_replicas(params: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (file, location): ON CONFLICT may not touch a row twice in one statement."""
+    return list({(p["file_id"], p["location_id"]): p for p in params}.values())
+
+
+def file_ids(bulk: Bulk, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Ids of files by (experiment id, path), a round trip per experiment and chunk."""
+    by_experiment: dict[int, list[str]] = defaultdict(list)
+    for exp_id, path in keys:
+        by_experiment[exp_id].append(path)
+    found = {}
+    for exp_id, paths in by_experiment.items():
+        for path, id_ in bulk.file_ids(exp_id, paths).items():
+            found[(exp_id, path)] = id_
+    return found
 
 
 class CatalogWriter:
@@ -92,7 +114,15 @@ class CatalogWriter:
         self.experiment_stations: dict[str, str | None] = {}
         self.location_ids: dict[str, int] = {}
         self.counts = {"experiments": 0, "files": 0, "replicas": 0}
+        self._statements: dict[str, Insert] = {}
         self.refresh_ids()
+
+    def statement(self, conn: Connection, name: str) -> Insert:
+        """Statements are built once per writer, so the bulk path compiles each once."""
+        if name not in self._statements:
+            build = {"file": file_upsert, "replica": replica_upsert}[name]
+            self._statements[name] = build(conn)
+        return self._statements[name]
 
     def refresh_ids(self) -> None:
         with self.engine.connect() as conn:
@@ -101,9 +131,7 @@ class CatalogWriter:
             ).all()
             self.experiment_ids = {name: id_ for name, id_, _ in rows}
             self.experiment_stations = {name: station for name, _, station in rows}
-            self.location_ids = dict(
-                conn.execute(select(locations.c.name, locations.c.id)).all()
-            )
+            self.location_ids = dict(conn.execute(select(locations.c.name, locations.c.id)).all())
 
     def write_experiments(self, rows: Iterable[ExperimentRow]) -> None:
         params = {
@@ -160,48 +188,19 @@ class CatalogWriter:
             for (exp_id, _), r in by_key.items()
         ]
         with self.engine.begin() as conn:
-            conn.execute(
-                upsert(
-                    conn,
-                    files,
-                    ["experiment_id", "path"],
-                    {
-                        **take_new("name", "ext", "size", "created", "modified", "meta"),
-                        # A record without md5 must not erase a checksum already known.
-                        "md5": lambda s: func.coalesce(s.excluded.md5, files.c.md5),
-                    },
-                ),
-                file_params,
-            )
+            bulk = Bulk(conn)
+            bulk.execute(self.statement(conn, "file"), files, file_params)
             self.counts["files"] += len(file_params)
             with_replicas = [k for k, r in by_key.items() if r.replicas]
-            if with_replicas:
-                self._write_replicas(conn, by_key, with_replicas)
-
-    def file_ids(self, conn: Connection, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
-        """Ids of files by (experiment id, path), one round trip for a whole batch."""
-        if not keys:
-            return {}
-        return {
-            (e, p): i
-            for e, p, i in conn.execute(
-                select(files.c.experiment_id, files.c.path, files.c.id).where(
-                    tuple_(files.c.experiment_id, files.c.path).in_(keys)
+            if not with_replicas:
+                return
+            ids = file_ids(bulk, with_replicas)
+            params = unique_replicas(
+                replica_params(
+                    ids[key], self.location_ids[rep.location], rep.path, rep.state, self.now
                 )
+                for key in with_replicas
+                for rep in by_key[key].replicas
             )
-        }
-
-    def _write_replicas(
-        self,
-        conn: Connection,
-        by_key: dict[tuple[int, str], FileRow],
-        keys: list[tuple[int, str]],
-    ) -> None:
-        ids = self.file_ids(conn, keys)
-        params = [
-            replica_params(ids[key], self.location_ids[rep.location], rep.path, rep.state, self.now)
-            for key in keys
-            for rep in by_key[key].replicas
-        ]
-        write_replicas(conn, params)
-        self.counts["replicas"] += len(params)
+            bulk.execute(self.statement(conn, "replica"), replicas, params)
+            self.counts["replicas"] += len(params)

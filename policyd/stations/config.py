@@ -449,7 +449,7 @@ class Smtp(_Section):
     user: str | None = None
     password_file: ConfigPath | None = None
     starttls: StrictBool = False
-    sender: str | None = None
+    sender: Annotated[str, AfterValidator(_check_email)] | None = None
 
 
 class Globus(_Section):
@@ -692,9 +692,10 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
 
 
 def _names_in(tree: Any, key: str) -> list[str] | None:
-    """Keys of a top-level mapping section as written, or None if it is not a mapping."""
+    """Keys of a top-level mapping section as written; None when they cannot be known
+    (the file or the section is not a mapping), so that nothing is checked against them."""
     if not isinstance(tree, Mapping):
-        return []
+        return None
     section = tree.get(key)
     if section is None:
         return []
