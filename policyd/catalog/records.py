@@ -9,9 +9,11 @@ gets deleted.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from policyd.catalog.schema import REPLICA_STATES
 
@@ -36,33 +38,40 @@ class BadRecord(ValueError):
     """A record that cannot go into the catalog; the message says which key and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaRow:
+class ReplicaRow(NamedTuple):
     location: str
     path: str
     state: str
 
 
-@dataclass(slots=True)
-class FileRow:
+class FileRow(NamedTuple):
+    """A validated file record, laid out as the `files` table's columns after
+    experiment_id (so the writer appends it to the experiment id as it is), with the
+    metadata already JSON text. Tuples, because a parsing process may ship them to
+    the writing one by the million."""
+
     experiment: str
     path: str
+    name: str
+    ext: str
     size: int
     md5: str | None
     created: float | None
     modified: float | None
-    meta: dict[str, Any] | None
-    replicas: list[ReplicaRow] = field(default_factory=list)
+    meta_json: str | None
+    replicas: list[ReplicaRow]
 
-    @property
-    def name(self) -> str:
-        return self.path.rpartition("/")[2]
 
-    @property
-    def ext(self) -> str:
-        name = self.name
-        dot = name.rfind(".")
-        return name[dot + 1 :] if dot > 0 else ""
+def name_and_ext(path: str) -> tuple[str, str]:
+    """`file.name` and `file.ext` (rules.md section 4): the last segment, and what
+    follows its last dot ("" for none, and for a dot-file such as `.hidden`)."""
+    name = path.rpartition("/")[2]
+    dot = name.rfind(".")
+    return name, (name[dot + 1 :] if dot > 0 else "")
+
+
+def dump_json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 @dataclass(slots=True)
@@ -136,17 +145,25 @@ def parse_md5(value: Any) -> str | None:
 def check_relative_path(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadRecord(f"{key} must be a non-empty text, not {value!r}")
-    parts = value.split("/")
-    if value.startswith("/") or ".." in parts or "" in parts or "\x00" in value:
+    if (
+        value[0] == "/"
+        or value[-1] == "/"
+        or "//" in value
+        or "\x00" in value
+        or (".." in value and ".." in value.split("/"))
+    ):
         raise BadRecord(
             f"{key} {value!r} must be a relative path without '..', empty segments or NUL"
         )
     return value
 
 
+PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """Metadata must round-trip through JSON columns; Mongo hands us richer types."""
-    if value is None or isinstance(value, str | int | float | bool):
+    if type(value) in PLAIN:
         return value
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
@@ -180,13 +197,17 @@ def file_row(
     created = parse_time(record.get("fileCreationTime"), "fileCreationTime", tz)
     modified = parse_time(record.get("fileModificationTime"), "fileModificationTime", tz)
     meta = {k: jsonable(v) for k, v in record.items() if k not in FILE_KEYS}
-    row = FileRow(exp, path, size, md5, created, modified, meta or None)
     raw_replicas = record.get("replicas")
-    if raw_replicas is not None:
-        if not isinstance(raw_replicas, list):
-            raise BadRecord("replicas must be a list of {location, path, verified}")
-        row.replicas = [replica_row(r, i, known_locations) for i, r in enumerate(raw_replicas)]
-    return row
+    if raw_replicas is None:
+        reps = []
+    elif isinstance(raw_replicas, list):
+        reps = [replica_row(r, i, known_locations) for i, r in enumerate(raw_replicas)]
+    else:
+        raise BadRecord("replicas must be a list of {location, path, verified}")
+    name, ext = name_and_ext(path)
+    return FileRow(
+        exp, path, name, ext, size, md5, created, modified, dump_json(meta or None), reps
+    )
 
 
 def replica_row(raw: Any, index: int, known_locations: frozenset[str] | None) -> ReplicaRow:

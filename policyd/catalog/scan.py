@@ -23,19 +23,23 @@ from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from policyd.catalog.bulk import Bulk
 from policyd.catalog.importers import ImportUsageError, clean_prefix
+from policyd.catalog.records import name_and_ext
 from policyd.catalog.schema import files, replicas
 from policyd.catalog.writer import (
     BATCH,
+    FILE_COLUMNS,
+    REPLICA_COLUMNS,
     CatalogWriter,
     dialect_insert,
     file_ids,
-    replica_params,
     replica_upsert,
+    replica_values,
     unique_replicas,
 )
 from policyd.diagnostics import Diagnostic, Span
 
 Entry = tuple[str, int, float]
+SCAN_COLUMNS = ("size", "mtime", "seen_at")
 
 
 @dataclass
@@ -126,6 +130,10 @@ class Scanner:
         self.location_id = self.writer.location_ids[location]
         self.experiment = experiment
         self.path_prefix = clean_prefix(path_prefix)
+        with engine.connect() as conn:
+            # Built once, so the bulk path compiles each statement once per scan.
+            self.new_file_insert = dialect_insert(conn, files).on_conflict_do_nothing()
+            self.replica_upsert = replica_upsert(conn, SCAN_COLUMNS)
         self.on_problem = on_problem
 
     def owner(self, path: str) -> tuple[int, str] | None:
@@ -217,40 +225,27 @@ class Scanner:
         if not owned:
             return
         bulk = Bulk(conn)
-        keys = [owner for owner, *_ in owned]
-        before = file_ids(bulk, keys)
-        new_files = {}
-        for (exp_id, fpath), _path, size, mtime in owned:
-            if (exp_id, fpath) not in before:
-                name = fpath.rpartition("/")[2]
-                dot = name.rfind(".")
-                new_files[(exp_id, fpath)] = {
-                    "experiment_id": exp_id,
-                    "path": fpath,
-                    "name": name,
-                    "ext": name[dot + 1 :] if dot > 0 else "",
-                    "size": size,
-                    "md5": None,
-                    "created": mtime,
-                    "modified": mtime,
-                    "meta": None,
-                }
+        before = file_ids(bulk, [owner for owner, *_ in owned])
+        new_files = {
+            owner: (owner[0], owner[1], *name_and_ext(owner[1]), size, None, mtime, mtime, None)
+            for owner, _path, size, mtime in owned
+            if owner not in before
+        }
         if new_files:
-            conn.execute(
-                dialect_insert(conn, files).on_conflict_do_nothing(),
-                list(new_files.values()),
-            )
+            bulk.execute(self.new_file_insert, FILE_COLUMNS, list(new_files.values()))
             self.report.counts["new_files"] += len(new_files)
         ids = {**before, **file_ids(bulk, new_files)} if new_files else before
-        params = []
-        for owner, path, size, mtime in owned:
-            p = replica_params(ids[owner], self.location_id, path, "present", self.now)
-            p.update(size=size, mtime=mtime, seen_at=self.now)
-            params.append(p)
-        params = unique_replicas(params)
-        refresh = ("size", "mtime", "seen_at")
-        conn.execute(replica_upsert(conn, refresh), params)
-        self.report.counts["new_replicas"] += len(params)
+        rows = unique_replicas(
+            (
+                *replica_values(ids[owner], self.location_id, path, "present", self.now),
+                size,
+                mtime,
+                self.now,
+            )
+            for owner, path, size, mtime in owned
+        )
+        bulk.execute(self.replica_upsert, REPLICA_COLUMNS + SCAN_COLUMNS, rows)
+        self.report.counts["new_replicas"] += len(rows)
 
     def mark_missing(self, under: str) -> None:
         stmt = update(replicas).where(

@@ -38,7 +38,7 @@ metadata = MetaData(
     }
 )
 
-Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+Json = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 Epoch = Double()
 
 stations = Table(
