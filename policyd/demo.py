@@ -43,7 +43,7 @@ locations:
 quotas:
   disk: {8IDI: 5 GB, 1ID: 5 GB}
 notify:
-  ops: {log: warning}
+  ops: {log: true}
 safety: {min_copies: 1, max_delete_per_run: 1 GB}
 rules: ["rules/*.policy", "rules/*.yaml"]
 workflows: ["workflows/*.yaml"]

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import orjson
 from sqlalchemy import Engine
 
+from policyd.catalog.pipeline import StoreProcess, worth_a_second_process
 from policyd.catalog.records import (
     BadRecord,
     ExperimentRow,
@@ -29,7 +30,7 @@ from policyd.catalog.records import (
     file_row,
     record_kind,
 )
-from policyd.catalog.writer import BATCH, CatalogWriter
+from policyd.catalog.writer import BATCH, CatalogWriter, FileStore
 from policyd.diagnostics import Diagnostic, Span
 
 MAX_KEPT_PROBLEMS = 100
@@ -99,8 +100,11 @@ class Loader:
         now: float,
         placement: Placement | None = None,
         on_problem: Callable[[Diagnostic], None] | None = None,
+        second_process: bool = False,
     ) -> None:
         self.writer = CatalogWriter(engine, now)
+        self.engine = engine
+        self.second_process = second_process
         self.report = report
         self.placement = placement
         self.on_problem = on_problem
@@ -116,17 +120,25 @@ class Loader:
             self.on_problem(diag)
 
     def run(self, parsed: Iterable[Parsed]) -> ImportReport:
-        for line, col, item in parsed:
-            if isinstance(item, BadRecord):
-                self.problem(line, col, str(item))
-            elif isinstance(item, ExperimentRow):
-                self.pending_experiments.append(item)
-                if len(self.pending_experiments) >= BATCH:
-                    self.flush_experiments()
-            else:
-                self.add_file(line, item)
-        self.flush_experiments()
-        self.flush_files()
+        self.store: FileStore | StoreProcess = (
+            StoreProcess(self.engine) if self.second_process else FileStore(self.engine)
+        )
+        try:
+            for line, col, item in parsed:
+                if isinstance(item, BadRecord):
+                    self.problem(line, col, str(item))
+                elif isinstance(item, ExperimentRow):
+                    self.pending_experiments.append(item)
+                    if len(self.pending_experiments) >= BATCH:
+                        self.flush_experiments()
+                else:
+                    self.add_file(line, item)
+            self.flush_experiments()
+            self.flush_files()
+            self.store.close()
+        except BaseException:
+            self.store.abort()
+            raise
         self.report.counts = dict(self.writer.counts)
         return self.report
 
@@ -151,12 +163,13 @@ class Loader:
 
     def flush_experiments(self) -> None:
         if self.pending_experiments:
+            self.store.drain()  # one writer at a time, and in input order
             self.writer.write_experiments(self.pending_experiments)
             self.pending_experiments = []
 
     def flush_files(self) -> None:
         if self.pending_files:
-            self.writer.write_files(self.pending_files)
+            self.store.store(self.writer.prepare_files(self.pending_files))
             self.pending_files = []
 
 
@@ -287,7 +300,7 @@ def import_records(
         )
     placement = Placement(location, clean_prefix(path_prefix)) if location else None
     report = ImportReport(kind, source)
-    loader = Loader(engine, report, now, placement, on_problem)
+    loader = Loader(engine, report, now, placement, on_problem, worth_a_second_process(source))
     if kind == "dm-listing":
         if experiment is None or location is None:
             raise ImportUsageError("dm-listing needs --experiment NAME and --location LOC")

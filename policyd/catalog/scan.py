@@ -34,7 +34,6 @@ from policyd.catalog.writer import (
     file_ids,
     replica_upsert,
     replica_values,
-    unique_replicas,
 )
 from policyd.diagnostics import Diagnostic, Span
 
@@ -235,7 +234,7 @@ class Scanner:
             bulk.execute(self.new_file_insert, FILE_COLUMNS, list(new_files.values()))
             self.report.counts["new_files"] += len(new_files)
         ids = {**before, **file_ids(bulk, new_files)} if new_files else before
-        rows = unique_replicas(
+        rows = [
             (
                 *replica_values(ids[owner], self.location_id, path, "present", self.now),
                 size,
@@ -243,7 +242,7 @@ class Scanner:
                 self.now,
             )
             for owner, path, size, mtime in owned
-        )
+        ]
         bulk.execute(self.replica_upsert, REPLICA_COLUMNS + SCAN_COLUMNS, rows)
         self.report.counts["new_replicas"] += len(rows)
 

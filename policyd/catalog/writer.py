@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -136,11 +137,6 @@ def file_upsert(conn: Connection) -> Insert:
     )
 
 
-def unique_replicas(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """One row per (file, location): ON CONFLICT may not touch a row twice in one statement."""
-    return list({(r[0], r[1]): r for r in rows}.values())
-
-
 def file_ids(bulk: Bulk, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int]:
     """Ids of files by (experiment id, path), a round trip per experiment and chunk."""
     by_experiment: dict[int, list[str]] = defaultdict(list)
@@ -153,6 +149,38 @@ def file_ids(bulk: Bulk, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str
     return found
 
 
+@dataclass(frozen=True)
+class FileBatch:
+    """Rows ready for the database: FILE_COLUMNS and REPLICA_BY_PATH_COLUMNS tuples."""
+
+    files: list[tuple[Any, ...]]
+    replicas: list[tuple[Any, ...]]
+
+
+class FileStore:
+    """Writes file batches; its statements are built once, so the bulk path compiles
+    each once per import however many batches follow."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        with engine.connect() as conn:
+            self.file_stmt = file_upsert(conn)
+            self.replica_stmt = replica_upsert_by_path(conn)
+
+    def store(self, batch: FileBatch) -> None:
+        """Files first, so each replica finds its file's id in the same transaction."""
+        with self.engine.begin() as conn:
+            bulk = Bulk(conn)
+            bulk.execute(self.file_stmt, FILE_COLUMNS, batch.files)
+            bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, batch.replicas)
+
+    def drain(self) -> None:
+        """Stored as soon as handed over: nothing is ever pending here."""
+
+    close = drain
+    abort = drain
+
+
 class CatalogWriter:
     """Holds the id caches an import needs; one instance per import run."""
 
@@ -163,15 +191,7 @@ class CatalogWriter:
         self.experiment_stations: dict[str, str | None] = {}
         self.location_ids: dict[str, int] = {}
         self.counts = {"experiments": 0, "files": 0, "replicas": 0}
-        self._statements: dict[str, Insert] = {}
         self.refresh_ids()
-
-    def statement(self, conn: Connection, name: str) -> Insert:
-        """Statements are built once per writer, so the bulk path compiles each once."""
-        if name not in self._statements:
-            build = {"file": file_upsert, "replica": replica_upsert_by_path}[name]
-            self._statements[name] = build(conn)
-        return self._statements[name]
 
     def refresh_ids(self) -> None:
         with self.engine.connect() as conn:
@@ -217,33 +237,27 @@ class CatalogWriter:
         self.counts["experiments"] += len(params)
         self.refresh_ids()
 
-    def write_files(self, rows: Sequence[FileRow]) -> None:
-        """Upsert files, then their replicas; the last record for a path wins."""
+    def prepare_files(self, rows: Sequence[FileRow]) -> FileBatch:
+        """Resolve names to ids. A path twice in one batch needs no care: every row is
+        its own upsert statement (executemany, execute_batch), so the last one wins."""
         experiment_ids = self.experiment_ids
-        by_key = {(experiment_ids[r[0]], r[1]): r for r in rows}
-        if not by_key:
-            return
-        file_rows = [(exp_id, *r[1:9]) for (exp_id, _), r in by_key.items()]
-        with self.engine.begin() as conn:
-            bulk = Bulk(conn)
-            bulk.execute(self.statement(conn, "file"), FILE_COLUMNS, file_rows)
-            self.counts["files"] += len(file_rows)
-            now = self.now
-            location_ids = self.location_ids
-            # One row per (file, location): ON CONFLICT may not touch a row twice.
-            replica_rows = list(
-                {
-                    (exp_id, path, rep[0]): (
-                        location_ids[rep[0]],
-                        rep[1],
-                        rep[2],
-                        now if rep[2] == "verified" else None,
-                        exp_id,
-                        path,
-                    )
-                    for (exp_id, path), r in by_key.items()
-                    for rep in r[9]
-                }.values()
-            )
-            bulk.execute(self.statement(conn, "replica"), REPLICA_BY_PATH_COLUMNS, replica_rows)
-            self.counts["replicas"] += len(replica_rows)
+        location_ids = self.location_ids
+        now = self.now
+        batch = FileBatch(
+            [(experiment_ids[r[0]], *r[1:9]) for r in rows],
+            [
+                (
+                    location_ids[rep[0]],
+                    rep[1],
+                    rep[2],
+                    now if rep[2] == "verified" else None,
+                    experiment_ids[r[0]],
+                    r[1],
+                )
+                for r in rows
+                for rep in r[9]
+            ],
+        )
+        self.counts["files"] += len(batch.files)
+        self.counts["replicas"] += len(batch.replicas)
+        return batch

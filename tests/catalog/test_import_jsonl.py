@@ -192,3 +192,18 @@ def test_stdin_source(site_dir: Path, engine: Engine) -> None:
     result = cli("catalog", "import", "jsonl", "-", input=text)
     assert result.exit_code == 0, result.output
     assert ("Smith-Mar18", "s.tif") in catalog_files(engine)
+
+
+def test_a_path_twice_in_one_import_keeps_the_last_record(site_dir: Path, engine: Engine) -> None:
+    replica = {"location": "voyager", "path": "one/a.tif"}
+    records = [
+        SMITH,
+        file_record("a.tif", size=1, replicas=[replica]),
+        file_record("a.tif", size=2, replicas=[{**replica, "path": "two/a.tif", "verified": True}]),
+    ]
+    assert (
+        cli("catalog", "import", "jsonl", write_jsonl(site_dir / "d.jsonl", records)).exit_code == 0
+    )
+    assert catalog_files(engine)[("Smith-Mar18", "a.tif")]["size"] == 2
+    rep = catalog_replicas(engine)[("Smith-Mar18", "a.tif", "voyager")]
+    assert (rep["path"], rep["state"]) == ("two/a.tif", "verified")
