@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from policyd import __version__
 from policyd.catalog.importers import KINDS, ImportReport, ImportUsageError, import_records
+from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
 from policyd.site import open_site
@@ -51,6 +52,12 @@ def friendly_errors(func: F) -> F:
             raise click.exceptions.Exit(1) from None
         except ImportUsageError as exc:
             raise fail(str(exc)) from None
+        except StoreFailed as exc:
+            raise fail(
+                f"the catalog writer failed: {exc}",
+                "what was written before it is kept; fix the cause and import again "
+                "(an import is an upsert, so records are not doubled)",
+            ) from None
         except OperationalError as exc:
             raise fail(
                 f"cannot use the catalog database: {exc.orig}",
