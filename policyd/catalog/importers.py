@@ -27,6 +27,7 @@ from policyd.catalog.records import (
     FileRow,
     ReplicaRow,
     experiment_row,
+    fast_file_row,
     file_row,
     record_kind,
 )
@@ -211,6 +212,10 @@ def to_row(
 ) -> ExperimentRow | FileRow | BadRecord:
     if not isinstance(record, dict):
         return BadRecord(f"a record must be a JSON object, not {type(record).__name__}")
+    if record.get("record") == "file":
+        fast = fast_file_row(record, locations)
+        if fast is not None:
+            return fast
     try:
         if record_kind(record) == "experiment":
             return experiment_row(record, tz)

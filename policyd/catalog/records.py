@@ -71,7 +71,7 @@ def name_and_ext(path: str) -> tuple[str, str]:
 
 
 def dump_json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    return None if value is None else orjson.dumps(value, default=str).decode()
 
 
 @dataclass(slots=True)
@@ -207,6 +207,77 @@ def file_row(
     name, ext = name_and_ext(path)
     return FileRow(
         exp, path, name, ext, size, md5, created, modified, dump_json(meta or None), reps
+    )
+
+
+def plain_path(path: Any) -> bool:
+    """The common case of check_relative_path, without building a message."""
+    return (
+        type(path) is str
+        and path != ""
+        and path[0] != "/"
+        and path[-1] != "/"
+        and "//" not in path
+        and ".." not in path
+        and "\x00" not in path
+    )
+
+
+TIME_TYPES = frozenset({float, int, type(None)})
+
+
+def fast_file_row(record: dict[str, Any], known_locations: frozenset[str] | None) -> FileRow | None:
+    """A jsonl file record in the usual shape, accepted with a few type tests; anything
+    else (and every record with a problem) returns None and goes through file_row,
+    which accepts a superset of this and words the errors."""
+    exp = record.get("experimentName")
+    path = record.get("experimentFilePath")
+    size = record.get("fileSize")
+    md5 = record.get("md5Sum")
+    created = record.get("fileCreationTime")
+    modified = record.get("fileModificationTime")
+    raw_replicas = record.get("replicas", ())
+    if not (
+        type(exp) is str
+        and exp
+        and plain_path(path)
+        and type(size) is int
+        and size >= 0
+        and (md5 is None or (type(md5) is str and MD5_RE.fullmatch(md5) is not None))
+        and type(created) in TIME_TYPES
+        and type(modified) in TIME_TYPES
+        and type(raw_replicas) in (list, tuple)
+    ):
+        return None
+    reps = []
+    for raw in raw_replicas:
+        if type(raw) is not dict or "state" in raw:
+            return None
+        location = raw.get("location")
+        rpath = raw.get("path")
+        verified = raw.get("verified", False)
+        if not (
+            type(location) is str
+            and location
+            and (known_locations is None or location in known_locations)
+            and plain_path(rpath)
+            and type(verified) is bool
+        ):
+            return None
+        reps.append(ReplicaRow(location, rpath, "verified" if verified else "present"))
+    meta = {k: v for k, v in record.items() if k not in FILE_KEYS}
+    name, ext = name_and_ext(path)
+    return FileRow(
+        exp,
+        path,
+        name,
+        ext,
+        size,
+        md5.lower() if md5 else None,
+        None if created is None else float(created),
+        None if modified is None else float(modified),
+        orjson.dumps(meta, default=str).decode() if meta else None,
+        reps,
     )
 
 

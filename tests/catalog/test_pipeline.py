@@ -62,12 +62,16 @@ def test_a_database_failure_in_the_second_process_is_reported(
     assert (
         cli("catalog", "import", "jsonl", write_jsonl(site_dir / "e.jsonl", [SMITH])).exit_code == 0
     )
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE replicas"))
     source = write_jsonl(
         site_dir / "f.jsonl", [file_record("a.h5", replicas=[{"location": "tape", "path": "a.h5"}])]
     )
-    result = cli("catalog", "import", "jsonl", source)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE replicas RENAME TO replicas_away"))
+    try:
+        result = cli("catalog", "import", "jsonl", source)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE replicas_away RENAME TO replicas"))
     assert result.exit_code == 1
     assert "error: the catalog writer failed:" in result.output
     assert "replicas" in result.output
