@@ -48,7 +48,17 @@ def pg_database() -> Iterator[str]:
     name = f"policyd_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # A natural-language collation, as production servers have: code that relies
+        # on byte order must ask for it (COLLATE "C"), and the tests then notice.
+        try:
+            conn.execute(
+                text(
+                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                    "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                )
+            )
+        except Exception:  # a server without ICU: its default collation will do
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     open_catalog(url).dispose()
     try:
@@ -59,7 +69,7 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
-def _truncate_pg(url: str) -> None:
+def truncate_pg(url: str) -> None:
     engine = create_engine(url)
     names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     with engine.begin() as conn:
@@ -73,7 +83,7 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     url = request.getfixturevalue("pg_database")
-    _truncate_pg(url)
+    truncate_pg(url)
     return url
 
 

@@ -108,7 +108,6 @@ replicas = Table(
     Column("seen_at", Epoch),
     UniqueConstraint("file_id", "location_id"),
     Index(None, "location_id", "state"),
-    Index(None, "location_id", "path"),
 )
 
 usage_snapshots = Table(

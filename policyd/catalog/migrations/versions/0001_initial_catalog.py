@@ -276,9 +276,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("replicas", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_replicas_location_id_path"), ["location_id", "path"], unique=False
-        )
-        batch_op.create_index(
             batch_op.f("ix_replicas_location_id_state"), ["location_id", "state"], unique=False
         )
 
@@ -286,7 +283,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("replicas", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_replicas_location_id_state"))
-        batch_op.drop_index(batch_op.f("ix_replicas_location_id_path"))
 
     op.drop_table("replicas")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
