@@ -8,9 +8,10 @@ gets deleted.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
 import orjson
@@ -82,8 +83,8 @@ class ExperimentRow:
     description: str | None
     start: float | None
     end: float | None
-    users: list[str]
-    meta: dict[str, Any]
+    users: list[str] | None
+    meta: dict[str, Any] | None
 
 
 def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
@@ -93,15 +94,22 @@ def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
     if isinstance(value, bool):
         raise BadRecord(f"{key} must be a time (ISO 8601 or epoch seconds), not {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise BadRecord(f"{key} must be a finite time, not {value!r}")
         return float(value)
     if isinstance(value, datetime):
-        moment = value
+        # BSON dates (Mongo) arrive as naive datetimes in UTC, unlike naive ISO text
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     elif isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            if not math.isfinite(number):
+                raise BadRecord(f"{key} must be a finite time, not {value!r}")
+            return number
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -116,20 +124,24 @@ def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
     return moment.timestamp()
 
 
+MAX_SIZE = (1 << 63) - 1  # what a BIGINT column holds; 9.2 EB, far above any file
+
+
 def parse_size(value: Any, key: str = "fileSize", from_text: bool = False) -> int:
     """Whole bytes; digits in text only for formats that have no numbers (listings, csv)."""
-    if isinstance(value, bool):
-        raise BadRecord(f"{key} must be a whole number of bytes, not {value!r}")
-    if isinstance(value, int):
+    text = value.strip() if from_text and isinstance(value, str) else None
+    if type(value) is int:
         size = value
-    elif isinstance(value, float) and value.is_integer():
+    elif type(value) is float and value.is_integer():
         size = int(value)
-    elif from_text and isinstance(value, str) and value.strip().isdigit():
-        size = int(value)
+    elif text and text.lstrip("-").isascii() and text.lstrip("-").isdigit():
+        size = int(text)
     else:
         raise BadRecord(f"{key} must be a whole number of bytes, not {value!r}")
     if size < 0:
         raise BadRecord(f"{key} must not be negative, got {size}")
+    if size > MAX_SIZE:
+        raise BadRecord(f"{key} {size} is larger than the catalog can hold (2^63 - 1 bytes)")
     return size
 
 
@@ -142,18 +154,31 @@ def parse_md5(value: Any) -> str | None:
     return value.lower()
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_relative_path(value: Any, key: str) -> str:
+    """Catalog paths become storage paths later: they must not climb out of a location,
+    and two spellings of one file (`a/./b`, `a//b`) must not become two records."""
     if not isinstance(value, str) or not value:
         raise BadRecord(f"{key} must be a non-empty text, not {value!r}")
-    if (
-        value[0] == "/"
-        or value[-1] == "/"
-        or "//" in value
-        or "\x00" in value
-        or (".." in value and ".." in value.split("/"))
-    ):
+    segments = value.split("/")
+    if value[0] == "/" or any(s in ("", ".", "..") for s in segments):
         raise BadRecord(
-            f"{key} {value!r} must be a relative path without '..', empty segments or NUL"
+            f"{key} {value!r} must be a relative path without '.', '..' or empty segments"
+        )
+    if CONTROL.search(value):
+        raise BadRecord(f"{key} {value!r} holds a control character (newline, tab, NUL, ...)")
+    return value
+
+
+def check_name(value: Any, key: str) -> str:
+    """Experiment and station names are path segments of the default layout."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadRecord(f"{key} must be a non-empty text, not {value!r}")
+    if value in (".", "..") or "/" in value or CONTROL.search(value):
+        raise BadRecord(
+            f"{key} {value!r} cannot name a folder: no '/', control characters, '.' or '..'"
         )
     return value
 
@@ -185,8 +210,10 @@ def file_row(
     exp = record.get("experimentName", experiment)
     if experiment is not None and exp != experiment:
         raise BadRecord(f"experimentName {exp!r} differs from --experiment {experiment!r}")
-    if not isinstance(exp, str) or not exp:
+    if exp is None:
         raise BadRecord("missing key experimentName")
+    if not isinstance(exp, str) or not exp:
+        raise BadRecord(f"experimentName must be a non-empty text, not {exp!r}")
     if "experimentFilePath" not in record:
         raise BadRecord("missing key experimentFilePath")
     path = check_relative_path(record["experimentFilePath"], "experimentFilePath")
@@ -198,16 +225,27 @@ def file_row(
     modified = parse_time(record.get("fileModificationTime"), "fileModificationTime", tz)
     meta = {k: jsonable(v) for k, v in record.items() if k not in FILE_KEYS}
     raw_replicas = record.get("replicas")
+    if isinstance(raw_replicas, str) and from_text:  # a csv cell holding the JSON list
+        try:
+            raw_replicas = orjson.loads(raw_replicas)
+        except orjson.JSONDecodeError:
+            raise BadRecord("replicas must be a JSON list of {location, path, verified}") from None
     if raw_replicas is None:
         reps = []
     elif isinstance(raw_replicas, list):
         reps = [replica_row(r, i, known_locations) for i, r in enumerate(raw_replicas)]
     else:
         raise BadRecord("replicas must be a list of {location, path, verified}")
+    if md5 is None and any(r.state == "verified" for r in reps):
+        raise BadRecord(
+            "a replica is marked verified but the file has no md5Sum: verified means its "
+            "checksum matched the file's md5 (give md5Sum, or leave verified out)"
+        )
     name, ext = name_and_ext(path)
-    return FileRow(
-        exp, path, name, ext, size, md5, created, modified, dump_json(meta or None), reps
-    )
+    meta_json = dump_json(meta or None)
+    if meta_json is not None and "\\u0000" in meta_json:
+        raise BadRecord("a metadata value holds a NUL character, which the catalog cannot store")
+    return FileRow(exp, path, name, ext, size, md5, created, modified, meta_json, reps)
 
 
 def plain_path(path: Any) -> bool:
@@ -215,11 +253,11 @@ def plain_path(path: Any) -> bool:
     return (
         type(path) is str
         and path != ""
-        and path[0] != "/"
+        and path[0] not in "/."
         and path[-1] != "/"
         and "//" not in path
-        and ".." not in path
-        and "\x00" not in path
+        and "/." not in path
+        and CONTROL.search(path) is None
     )
 
 
@@ -242,7 +280,7 @@ def fast_file_row(record: dict[str, Any], known_locations: frozenset[str] | None
         and exp
         and plain_path(path)
         and type(size) is int
-        and size >= 0
+        and 0 <= size <= MAX_SIZE
         and (md5 is None or (type(md5) is str and MD5_RE.fullmatch(md5) is not None))
         and type(created) in TIME_TYPES
         and type(modified) in TIME_TYPES
@@ -264,8 +302,13 @@ def fast_file_row(record: dict[str, Any], known_locations: frozenset[str] | None
             and type(verified) is bool
         ):
             return None
+        if verified and md5 is None:
+            return None
         reps.append(ReplicaRow(location, rpath, "verified" if verified else "present"))
     meta = {k: v for k, v in record.items() if k not in FILE_KEYS}
+    meta_json = orjson.dumps(meta, default=str).decode() if meta else None
+    if meta_json is not None and "\\u0000" in meta_json:
+        return None
     name, ext = name_and_ext(path)
     return FileRow(
         exp,
@@ -276,7 +319,7 @@ def fast_file_row(record: dict[str, Any], known_locations: frozenset[str] | None
         md5.lower() if md5 else None,
         None if created is None else float(created),
         None if modified is None else float(modified),
-        orjson.dumps(meta, default=str).decode() if meta else None,
+        meta_json,
         reps,
     )
 
@@ -336,26 +379,31 @@ EXPERIMENT_KEYS = frozenset(
 
 def experiment_row(record: dict[str, Any], tz: tzinfo) -> ExperimentRow:
     """Accepts both our jsonl experiment record and the DM service's experiment JSON."""
-    name = record.get("name")
-    if not isinstance(name, str) or not name:
+    if "name" not in record:
         raise BadRecord("missing key name (the experiment's name)")
+    name = check_name(record["name"], "name")
     station = _named(
         record.get("station", record.get("experimentStation", record.get("stationName"))),
         "station",
     )
+    if station is not None:
+        station = check_name(station, "station")
     exp_type = _named(record.get("experimentType", record.get("type")), "experimentType")
     description = record.get("description")
     if description is not None and not isinstance(description, str):
         raise BadRecord(f"description must be text, not {description!r}")
-    users = record.get("users", record.get("experimentUsernameList", []))
-    if users is None:
-        users = []
-    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+    users = record.get("users", record.get("experimentUsernameList"))
+    if users is not None and (
+        not isinstance(users, list) or not all(isinstance(u, str) for u in users)
+    ):
         raise BadRecord("users must be a list of user names")
     start = parse_time(record.get("startDate"), "startDate", tz)
     end = parse_time(record.get("endDate"), "endDate", tz)
     meta = {k: jsonable(v) for k, v in record.items() if k not in EXPERIMENT_KEYS}
-    return ExperimentRow(name, station, exp_type, description, start, end, users, meta)
+    row = ExperimentRow(name, station, exp_type, description, start, end, users, meta or None)
+    if "\x00" in repr(row):
+        raise BadRecord("a value holds a NUL character, which the catalog cannot store")
+    return row
 
 
 def record_kind(record: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@ Times are stored as epoch seconds (double precision, UTC), as the DM catalog its
 writes them: a rule's time arithmetic then compiles to the same plain comparisons on
 every backend (SQL, Mongo, Python), which is what keeps the three in agreement.
 `files.name` and `files.ext` repeat what `files.path` holds so that the planner can
-push `file.name like ...` and `file.ext in [...]` down to an index instead of
-evaluating string surgery per row.
+push `file.name like ...` and `file.ext in [...]` down to plain column comparisons
+instead of string surgery that SQLite and PostgreSQL would each spell differently.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ files = Table(
     Column("experiment_id", ForeignKey("experiments.id"), nullable=False),
     Column("path", Text, nullable=False),
     Column("name", Text, nullable=False),
-    Column("ext", String(64), nullable=False),
+    Column("ext", Text, nullable=False),
     Column("size", BigInteger),
     Column("md5", String(32)),
     Column("created", Epoch),

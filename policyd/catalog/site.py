@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from policyd.catalog.schema import locations, stations
-from policyd.catalog.writer import take_new, upsert
+from policyd.catalog.writer import upsert
 from policyd.stations.config import SiteConfig
 
 
@@ -18,7 +18,7 @@ def sync_site(engine: Engine, site: SiteConfig) -> None:
     with engine.begin() as conn:
         if site.locations:
             conn.execute(
-                upsert(conn, locations, ["name"], take_new("url", "tier", "site", "capacity")),
+                upsert(conn, locations, ["name"], take=("url", "tier", "site", "capacity")),
                 [
                     {
                         "name": name,
@@ -32,7 +32,7 @@ def sync_site(engine: Engine, site: SiteConfig) -> None:
             )
         if site.stations:
             conn.execute(
-                upsert(conn, stations, ["name"], take_new("description")),
+                upsert(conn, stations, ["name"], take=("description",)),
                 [
                     {"name": name, "description": st.description}
                     for name, st in site.stations.items()

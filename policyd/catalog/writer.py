@@ -8,7 +8,7 @@ cost per record stays flat however large the input is.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
+    case,
     func,
+    literal_column,
+    null,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,8 +37,6 @@ from policyd.catalog.schema import experiments, files, locations, replicas, stat
 
 BATCH = 5000
 
-EXCLUDED = object()
-
 
 def dialect_insert(conn: Connection, table: Table) -> Insert:
     """The dialect's INSERT, which knows ON CONFLICT; SQLite and PostgreSQL spell it alike."""
@@ -43,20 +45,45 @@ def dialect_insert(conn: Connection, table: Table) -> Insert:
 
 
 def upsert(
-    conn: Connection, table: Table, index: Sequence[str], update: Mapping[str, Any]
+    conn: Connection,
+    table: Table,
+    index: Sequence[str],
+    take: Sequence[str] = (),
+    keep: Sequence[str] = (),
+    computed: Callable[[Insert], dict[str, Any]] | None = None,
 ) -> Insert:
-    """INSERT ... ON CONFLICT (index) DO UPDATE SET update, in the connection's dialect.
+    """INSERT ... ON CONFLICT (index) DO UPDATE, in the connection's dialect.
 
-    `update` maps a column to EXCLUDED (take the incoming value) or to a function of
-    the statement giving the new value's expression.
+    `take` columns get the incoming value; `keep` columns get it only when it is not
+    null, so a record that leaves a key out does not erase what the catalog holds;
+    `computed` gives further columns' expressions from the statement.
     """
     stmt = dialect_insert(conn, table)
-    values = {c: (stmt.excluded[c] if v is EXCLUDED else v(stmt)) for c, v in update.items()}
+    values: dict[str, Any] = {c: stmt.excluded[c] for c in take}
+    values.update({c: func.coalesce(stmt.excluded[c], table.c[c]) for c in keep})
+    if computed is not None:
+        values.update(computed(stmt))
     return stmt.on_conflict_do_update(index_elements=list(index), set_=values)
 
 
-def take_new(*columns: str) -> dict[str, Any]:
-    return dict.fromkeys(columns, EXCLUDED)
+def replica_state(stmt: Insert) -> dict[str, Any]:
+    """An import's `present` does not undo a verification of the same replica: a listing
+    is not a check. Any other incoming state wins, and only `verified` keeps a time."""
+    new = stmt.excluded
+    # Constants as SQL literals: the bulk path binds row values only.
+    present, verified = literal_column("'present'"), literal_column("'verified'")
+    still_verified = and_(
+        new.state == present, replicas.c.state == verified, replicas.c.path == new.path
+    )
+    return {
+        "path": new.path,
+        "state": case((still_verified, replicas.c.state), else_=new.state),
+        "verified_at": case(
+            (new.state == verified, new.verified_at),
+            (still_verified, replicas.c.verified_at),
+            else_=null(),
+        ),
+    }
 
 
 FILE_COLUMNS = (
@@ -81,19 +108,9 @@ def replica_values(
 
 
 def replica_upsert(conn: Connection, refresh: tuple[str, ...] = ()) -> Insert:
-    """Upsert replicas by (file, location); the operator's word on the state wins.
-
-    `refresh` names further columns the incoming rows carry (a scan's size and mtime).
-    """
-    return upsert(
-        conn,
-        replicas,
-        ["file_id", "location_id"],
-        {
-            **take_new("path", "state", *refresh),
-            "verified_at": lambda s: func.coalesce(s.excluded.verified_at, replicas.c.verified_at),
-        },
-    )
+    """Upsert replicas by (file, location). `refresh` names further columns the
+    incoming rows carry (a scan's size and mtime)."""
+    return upsert(conn, replicas, ["file_id", "location_id"], take=refresh, computed=replica_state)
 
 
 # Replicas of an import name their file by (experiment, path); the database finds its id
@@ -115,12 +132,7 @@ def replica_upsert_by_path(conn: Connection) -> Insert:
     )
     stmt = dialect_insert(conn, replicas).from_select(REPLICA_COLUMNS, source)
     return stmt.on_conflict_do_update(
-        index_elements=["file_id", "location_id"],
-        set_={
-            "path": stmt.excluded.path,
-            "state": stmt.excluded.state,
-            "verified_at": func.coalesce(stmt.excluded.verified_at, replicas.c.verified_at),
-        },
+        index_elements=["file_id", "location_id"], set_=replica_state(stmt)
     )
 
 
@@ -129,11 +141,8 @@ def file_upsert(conn: Connection) -> Insert:
         conn,
         files,
         ["experiment_id", "path"],
-        {
-            **take_new("name", "ext", "size", "created", "modified", "meta"),
-            # A record without md5 must not erase a checksum the catalog already knows.
-            "md5": lambda s: func.coalesce(s.excluded.md5, files.c.md5),
-        },
+        take=("size",),
+        keep=("md5", "created", "modified", "meta"),
     )
 
 
@@ -224,14 +233,14 @@ class CatalogWriter:
                     conn,
                     experiments,
                     ["name"],
-                    take_new("station", "type", "description", "start", "end", "users", "meta"),
+                    keep=("station", "type", "description", "start", "end", "users", "meta"),
                 ),
                 list(params.values()),
             )
             new_stations = sorted({p["station"] for p in params.values() if p["station"]})
             if new_stations:
                 conn.execute(
-                    upsert(conn, stations, ["name"], take_new("name")),
+                    dialect_insert(conn, stations).on_conflict_do_nothing(),
                     [{"name": s} for s in new_stations],
                 )
         self.counts["experiments"] += len(params)

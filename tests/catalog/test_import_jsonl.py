@@ -130,7 +130,7 @@ def test_bad_lines_are_reported_by_number_and_the_rest_imported(
         f"{src}:9: error: replicas[0].location 'moon' is not a location of the site config "
         "(known: daq-8idi, tape, voyager)",
         f"{src}:10: error: experimentFilePath '../escape.tif' must be a relative path "
-        "without '..', empty segments or NUL",
+        "without '.', '..' or empty segments",
         f"{src}:11: error: a record must be a JSON object, not list",
     ]
     assert "9 bad lines skipped" in result.output
@@ -207,3 +207,39 @@ def test_a_path_twice_in_one_import_keeps_the_last_record(site_dir: Path, engine
     assert catalog_files(engine)[("Smith-Mar18", "a.tif")]["size"] == 2
     rep = catalog_replicas(engine)[("Smith-Mar18", "a.tif", "voyager")]
     assert (rep["path"], rep["state"]) == ("two/a.tif", "verified")
+
+
+def test_values_the_catalog_cannot_hold_or_that_would_mislead_are_bad_lines(
+    site_dir: Path, engine: Engine
+) -> None:
+    cases = [
+        (file_record("big.tif", size=1 << 63), "fileSize 9223372036854775808 is larger than"),
+        (file_record("nan.tif", fileModificationTime="NaN"), "fileModificationTime must be a fin"),
+        (file_record("inf.tif", fileCreationTime="inf"), "fileCreationTime must be a finite time"),
+        (file_record("a/./b.tif"), "must be a relative path without '.', '..' or empty"),
+        (file_record("a//b.tif"), "must be a relative path without '.', '..' or empty"),
+        (file_record("new\nline.tif"), "holds a control character"),
+        (file_record("nul.tif", sample="a\x00b"), "holds a NUL character"),
+        (
+            file_record(
+                "v.tif", md5Sum=None, replicas=[{"location": "tape", "path": "v", "verified": True}]
+            ),
+            "a replica is marked verified but the file has no md5Sum",
+        ),
+        (
+            {**file_record("t.tif"), "experimentName": 5},
+            "experimentName must be a non-empty text, not 5",
+        ),
+        ({**SMITH, "name": "../evil"}, "name '../evil' cannot name a folder"),
+        ({**SMITH, "name": "Other", "station": "a/b"}, "station 'a/b' cannot name a folder"),
+    ]
+    lines = [orjson.dumps(record).decode() for record in [SMITH, *(c for c, _ in cases)]]
+    source = site_dir / "edge.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = cli("catalog", "import", "jsonl", source)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    assert len(errors) == len(cases), result.output
+    for (_, expected), line in zip(cases, errors, strict=True):
+        assert expected in line, (expected, line)
+    assert catalog_files(engine) == {}

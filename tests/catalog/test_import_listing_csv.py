@@ -260,3 +260,60 @@ def test_listing_copied_to_site_dir_keeps_line_numbers(site_dir: Path, engine: E
     report = json.loads(result.stdout)[0]
     assert report["bad_lines"] == 4 and report["files"] == 12
     assert [p["span"]["line"] for p in report["problems"]] == [4, 7, 11, 12]
+
+
+def test_a_listing_adds_to_what_the_catalog_knows_and_erases_nothing(
+    site_dir: Path, engine: Engine
+) -> None:
+    replica = {"location": "daq-8idi", "path": "8IDI/Smith-Mar18/a.tif", "verified": True}
+    record = {
+        "record": "file",
+        "experimentName": "Smith-Mar18",
+        "experimentFilePath": "a.tif",
+        "fileSize": 10,
+        "md5Sum": "9a87108d6d0bb3bdd16d58b8c7cd6855",
+        "fileModificationTime": 1520937600.0,
+        "sample": "s1",
+        "replicas": [replica],
+    }
+    assert (
+        cli(
+            "catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", [SMITH, record])
+        ).exit_code
+        == 0
+    )
+    before = catalog_replicas(engine)[("Smith-Mar18", "a.tif", "daq-8idi")]
+    listing = site_dir / "l.txt"
+    listing.write_text("experimentFilePath=a.tif fileSize=10\n")
+    args = ("--experiment", "Smith-Mar18", "--location", "daq-8idi")
+    assert cli("catalog", "import", "dm-listing", listing, *args).exit_code == 0
+    row = catalog_files(engine)[("Smith-Mar18", "a.tif")]
+    assert (row["md5"], row["modified"], row["meta"]) == (
+        "9a87108d6d0bb3bdd16d58b8c7cd6855",
+        1520937600.0,
+        {"sample": "s1"},
+    )
+    after = catalog_replicas(engine)[("Smith-Mar18", "a.tif", "daq-8idi")]
+    assert (after["state"], after["verified_at"]) == ("verified", before["verified_at"])
+
+    # The same listing placing the file elsewhere is a different replica: not verified.
+    assert (
+        cli("catalog", "import", "dm-listing", listing, *args, "--path-prefix", "moved").exit_code
+        == 0
+    )
+    moved = catalog_replicas(engine)[("Smith-Mar18", "a.tif", "daq-8idi")]
+    assert (moved["path"], moved["state"], moved["verified_at"]) == ("moved/a.tif", "present", None)
+
+    partial = {"record": "experiment", "name": "Smith-Mar18", "description": "new text"}
+    assert (
+        cli("catalog", "import", "jsonl", write_jsonl(site_dir / "e2.jsonl", [partial])).exit_code
+        == 0
+    )
+    from sqlalchemy import select
+
+    from policyd.catalog.schema import experiments
+
+    with engine.connect() as conn:
+        exp = conn.execute(select(experiments)).mappings().one()
+    assert (exp["station"], exp["type"], exp["description"]) == ("8IDI", "XPCS", "new text")
+    assert exp["users"] == ["asmith", "jgray"] and exp["meta"] == {"esafId": 204711}

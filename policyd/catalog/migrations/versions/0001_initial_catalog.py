@@ -132,7 +132,7 @@ def upgrade() -> None:
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("name", sa.Text(), nullable=False),
-        sa.Column("ext", sa.String(length=64), nullable=False),
+        sa.Column("ext", sa.Text(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=True),
         sa.Column("md5", sa.String(length=32), nullable=True),
         sa.Column("created", sa.Double(), nullable=True),
