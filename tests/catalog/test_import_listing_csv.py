@@ -8,8 +8,9 @@ import statistics
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from policyd.catalog.schema import experiments
 from tests.catalog.helpers import SMITH, catalog_files, catalog_replicas, cli, write_jsonl
 
 DATA = Path(__file__).parent.parent / "data"
@@ -309,9 +310,6 @@ def test_a_listing_adds_to_what_the_catalog_knows_and_erases_nothing(
         cli("catalog", "import", "jsonl", write_jsonl(site_dir / "e2.jsonl", [partial])).exit_code
         == 0
     )
-    from sqlalchemy import select
-
-    from policyd.catalog.schema import experiments
 
     with engine.connect() as conn:
         exp = conn.execute(select(experiments)).mappings().one()
