@@ -82,12 +82,17 @@ def default_layout_path(station: str | None, experiment: str, path: str) -> str:
     return f"{station}/{experiment}/{path}" if station else f"{experiment}/{path}"
 
 
-def clean_prefix(prefix: str | None) -> str | None:
+def clean_prefix(prefix: str | None, option: str = "--path-prefix") -> str | None:
+    """A folder inside a location: relative, without '..' (paths never leave the root)."""
     if prefix is None:
         return None
+    if prefix.startswith("/"):
+        raise ImportUsageError(
+            f"{option} {prefix!r} must be relative to the location's root, not absolute"
+        )
     cleaned = prefix.strip("/")
-    if ".." in cleaned.split("/"):
-        raise ValueError(f"--path-prefix {prefix!r} must not contain '..'")
+    if any(s in (".", "..") for s in cleaned.split("/")):
+        raise ImportUsageError(f"{option} {prefix!r} must not contain '.' or '..'")
     return cleaned
 
 

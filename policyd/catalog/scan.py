@@ -21,11 +21,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import fs
+import fs.errors
+import fs.opener.errors
 from fs.base import FS
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from policyd.catalog.bulk import Bulk
-from policyd.catalog.importers import ImportUsageError, clean_prefix
+from policyd.catalog.importers import MAX_KEPT_PROBLEMS, ImportUsageError, clean_prefix
 from policyd.catalog.records import name_and_ext
 from policyd.catalog.schema import files, replicas
 from policyd.catalog.writer import (
@@ -38,7 +40,7 @@ from policyd.catalog.writer import (
     replica_upsert,
     replica_values,
 )
-from policyd.diagnostics import Diagnostic, Span
+from policyd.diagnostics import Diagnostic, Severity, Span
 
 Entry = tuple[str, int, float]
 SCAN_COLUMNS = ("size", "mtime", "seen_at")
@@ -62,13 +64,35 @@ class ScanReport:
             "missing": 0,
             "unmatched": 0,
             "symlinks_skipped": 0,
+            "unreadable": 0,
         }
     )
     problems: list[Diagnostic] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    on_problem: Callable[[Diagnostic], None] | None = None
 
     @property
     def ok(self) -> bool:
-        return True
+        """Unreadable folders make a scan incomplete: its caller must not trust it."""
+        return not self.unreadable
+
+    def problem(self, code: str, message: str, severity: Severity, hint: str | None = None) -> None:
+        diag = Diagnostic(code, message, Span(self.location), severity, hint)
+        if len(self.problems) < MAX_KEPT_PROBLEMS:
+            self.problems.append(diag)
+        if self.on_problem:
+            self.on_problem(diag)
+
+    def cannot_read(self, folder: str, error: OSError) -> None:
+        self.counts["unreadable"] += 1
+        self.unreadable.append(folder)
+        self.problem(
+            "unreadable-folder",
+            f"cannot read {folder or 'the root'}: {error.strerror or error}; "
+            "its replicas are left as they were",
+            "error",
+            "give policyd read access to the whole location, then scan again",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,15 +103,33 @@ class ScanReport:
         }
 
 
+def utf8_name(path: str, report: ScanReport) -> bool:
+    """Names that are not UTF-8 (os gives them as surrogates) cannot go in the catalog."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        report.counts["unmatched"] += 1
+        report.problem("bad-name", f"{shown}: the name is not valid UTF-8; skipped", "warning")
+        return False
+    return True
+
+
 def walk_local(root: Path, under: str, report: ScanReport) -> Iterator[Entry]:
     """Depth-first in name order with os.scandir, whose entries carry their stat."""
     start = root / under if under else root
+    if not start.is_dir() or start.is_symlink():
+        raise ImportUsageError(
+            f"scan {report.location}: {start} is not a folder; is the storage mounted? "
+            "(nothing was changed)"
+        )
 
     def listing(folder: Path) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            report.cannot_read(folder.relative_to(root).as_posix().removeprefix("."), exc)
             return iter(())
         return iter(entries)
 
@@ -97,27 +139,46 @@ def walk_local(root: Path, under: str, report: ScanReport) -> Iterator[Entry]:
         if entry is None:
             stack.pop()
             continue
+        rel = Path(entry.path).relative_to(root).as_posix()
         if entry.is_symlink():
             report.counts["symlinks_skipped"] += 1
+        elif not utf8_name(rel, report):
+            continue
         elif entry.is_dir(follow_symlinks=False):
             stack.append(listing(Path(entry.path)))
         else:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
-                yield Path(entry.path).relative_to(root).as_posix(), st.st_size, st.st_mtime
+                yield rel, st.st_size, st.st_mtime
 
 
-def walk_fs(url: str, under: str) -> Iterator[Entry]:
+def walk_fs(url: str, under: str, report: ScanReport) -> Iterator[Entry]:
     """The same order through pyfilesystem2, for locations that are not local folders."""
-    with fs.open_fs(url) as filesystem:
-        yield from _walk_fs(filesystem, "/" + under if under else "/")
+    try:
+        filesystem = fs.open_fs(url)
+    except (fs.errors.CreateFailed, fs.opener.errors.OpenerError) as exc:
+        raise ImportUsageError(
+            f"scan {report.location}: cannot open {url}: {exc} (nothing was changed)"
+        ) from None
+    with filesystem:
+        start = "/" + under if under else "/"
+        if not filesystem.isdir(start):
+            raise ImportUsageError(
+                f"scan {report.location}: {start} is not a folder of {url} (nothing was changed)"
+            )
+        yield from _walk_fs(filesystem, start, report)
 
 
-def _walk_fs(filesystem: FS, folder: str) -> Iterator[Entry]:
-    for info in sorted(filesystem.scandir(folder, namespaces=["details"]), key=lambda i: i.name):
+def _walk_fs(filesystem: FS, folder: str, report: ScanReport) -> Iterator[Entry]:
+    try:
+        infos = sorted(filesystem.scandir(folder, namespaces=["details"]), key=lambda i: i.name)
+    except fs.errors.FSError as exc:
+        report.cannot_read(folder.strip("/"), OSError(str(exc)))
+        return
+    for info in infos:
         path = fs.path.join(folder, info.name)
         if info.is_dir:
-            yield from _walk_fs(filesystem, path)
+            yield from _walk_fs(filesystem, path, report)
         elif not info.has_namespace("link") or not info.is_link:
             modified = info.modified.timestamp() if info.modified else 0.0
             yield path.lstrip("/"), info.size or 0, modified
@@ -127,7 +188,7 @@ def walk_location(url: str, under: str, report: ScanReport) -> Iterator[Entry]:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return walk_local(Path(parsed.path), under, report)
-    return walk_fs(url, under)
+    return walk_fs(url, under, report)
 
 
 class Scanner:
@@ -139,7 +200,6 @@ class Scanner:
         report: ScanReport,
         experiment: str | None,
         path_prefix: str | None,
-        on_problem: Callable[[Diagnostic], None] | None,
     ) -> None:
         self.engine = engine
         self.now = now
@@ -148,7 +208,6 @@ class Scanner:
         self.location_id = self.writer.location_ids[location]
         self.experiment = experiment
         self.path_prefix = clean_prefix(path_prefix)
-        self.on_problem = on_problem
         self.refreshed: list[dict[str, Any]] = []
         self.missing: list[int] = []
         self.unknown: list[Entry] = []
@@ -210,8 +269,12 @@ class Scanner:
         self.refreshed.append({"rid": row.id, "state": state, "rsize": size, "rmtime": mtime})
 
     def lost(self, row: Any) -> None:
-        if row.state != "missing":
-            self.missing.append(row.id)
+        """Not on storage, unless it lies where the walk could not look."""
+        if row.state == "missing" or any(
+            row.path.startswith(folder + "/") or not folder for folder in self.report.unreadable
+        ):
+            return
+        self.missing.append(row.id)
 
     def flush(self, threshold: int) -> None:
         if len(self.refreshed) + len(self.missing) + len(self.unknown) <= threshold:
@@ -294,17 +357,12 @@ class Scanner:
 
     def unmatched(self, path: str) -> None:
         self.report.counts["unmatched"] += 1
-        if len(self.report.problems) < 20:
-            diag = Diagnostic(
-                "unmatched-file",
-                f"{path}: not under an experiment's layout path; not recorded",
-                Span(self.report.location),
-                "warning",
-                "give --experiment NAME [--path-prefix DIR] to say whose files these are",
-            )
-            self.report.problems.append(diag)
-            if self.on_problem:
-                self.on_problem(diag)
+        self.report.problem(
+            "unmatched-file",
+            f"{path}: not under an experiment's layout path; not recorded",
+            "warning",
+            "give --experiment NAME [--path-prefix DIR] to say whose files these are",
+        )
 
 
 def scan_location(
@@ -318,8 +376,9 @@ def scan_location(
     path_prefix: str | None = None,
     on_problem: Callable[[Diagnostic], None] | None = None,
 ) -> ScanReport:
-    report = ScanReport(location)
-    scanner = Scanner(engine, location, now, report, experiment, path_prefix, on_problem)
+    report = ScanReport(location, on_problem=on_problem)
+    under = clean_prefix(under, "--under") or ""
+    scanner = Scanner(engine, location, now, report, experiment, path_prefix)
     if experiment is not None and experiment not in scanner.writer.experiment_ids:
         raise ImportUsageError(f"experiment {experiment!r} is not in the catalog")
     scanner.run(walk_location(url, under, report), under)

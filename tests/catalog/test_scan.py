@@ -188,3 +188,57 @@ def test_verified_replica_with_unchanged_file_survives_scan(site_dir: Path, engi
         conn.execute(update(replicas).values(mtime=1.0))
     cli("catalog", "import", "scan", "voyager")
     assert catalog_replicas(engine)[("Smith-Mar18", "k.tif", "voyager")]["state"] == "present"
+
+
+def test_a_missing_or_unmounted_root_is_an_error_that_changes_nothing(
+    site_dir: Path, engine: Engine
+) -> None:
+    records = [
+        SMITH,
+        file_record("a.h5", replicas=[{"location": "daq-8idi", "path": "8IDI/Smith-Mar18/a.h5"}]),
+    ]
+    cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", records))
+    (site_dir / "storage" / "daq-8idi").rename(site_dir / "storage" / "unmounted")
+    result = cli("catalog", "import", "scan", "daq-8idi")
+    assert result.exit_code == 1
+    assert "is not a folder; is the storage mounted? (nothing was changed)" in result.output
+    assert catalog_replicas(engine)[("Smith-Mar18", "a.h5", "daq-8idi")]["state"] == "present"
+    (site_dir / "storage" / "unmounted").rename(site_dir / "storage" / "daq-8idi")
+    typo = cli("catalog", "import", "scan", "daq-8idi", "--under", "8IDX")
+    assert typo.exit_code == 1 and "8IDX is not a folder" in typo.output
+    assert catalog_replicas(engine)[("Smith-Mar18", "a.h5", "daq-8idi")]["state"] == "present"
+
+
+def test_under_and_path_prefix_cannot_leave_the_location(site_dir: Path, engine: Engine) -> None:
+    cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", [SMITH]))
+    outside = cli(
+        "catalog", "import", "scan", "daq-8idi", "--under", "../..", "--experiment", "Smith-Mar18"
+    )
+    assert outside.exit_code == 1
+    assert "--under '../..' must not contain '.' or '..'" in outside.output
+    absolute = cli(
+        "catalog",
+        "import",
+        "scan",
+        "daq-8idi",
+        "--experiment",
+        "Smith-Mar18",
+        "--path-prefix",
+        "/etc",
+    )
+    assert absolute.exit_code == 1
+    assert "--path-prefix '/etc' must be relative to the location's root" in absolute.output
+    assert catalog_files(engine) == {}
+
+
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(site_dir: Path, engine: Engine) -> None:
+    cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", [SMITH]))
+    folder = site_dir / "storage" / "voyager" / "8IDI" / "Smith-Mar18"
+    folder.mkdir(parents=True)
+    (folder / "ok.tif").write_bytes(b"1")
+    with open(os.path.join(os.fsencode(folder), b"lat\xe9n.tif"), "wb") as fh:
+        fh.write(b"2")
+    result = cli("catalog", "import", "scan", "voyager")
+    assert result.exit_code == 0, result.output
+    assert "the name is not valid UTF-8; skipped" in result.output
+    assert set(catalog_files(engine)) == {("Smith-Mar18", "ok.tif")}
