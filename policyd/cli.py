@@ -15,15 +15,18 @@ import click
 import orjson
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from policyd import __version__
-from policyd.catalog.importers import KINDS, ImportReport, ImportUsageError, import_records
+from policyd.catalog.db import CatalogUnavailable
+from policyd.catalog.importers import KINDS, ImportReport, ImportUsageError
+from policyd.catalog.imports import ImportOptions, run_import
 from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
-from policyd.site import open_site
+from policyd.site import Site, open_site
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -34,9 +37,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, hint: str | None = None) -> click.exceptions.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     if hint:
-        err.print(f"  hint: {hint}", highlight=False)
+        err.print(f"  hint: {hint}", highlight=False, markup=False)
     return click.exceptions.Exit(1)
 
 
@@ -50,7 +53,7 @@ def friendly_errors(func: F) -> F:
         except DiagnosticError as exc:
             err.print(render_all(exc.diagnostics), highlight=False, markup=False)
             raise click.exceptions.Exit(1) from None
-        except ImportUsageError as exc:
+        except (ImportUsageError, CatalogUnavailable) as exc:
             raise fail(str(exc)) from None
         except StoreFailed as exc:
             raise fail(
@@ -61,21 +64,32 @@ def friendly_errors(func: F) -> F:
         except OperationalError as exc:
             raise fail(
                 f"cannot use the catalog database: {exc.orig}",
-                "check the catalog URL (POLICYD_CATALOG or `catalog:` in policyd.yaml)",
+                "check the catalog URL (POLICYD_CATALOG or `catalog:` in policyd.yaml) "
+                "and that this user may read and write it",
             ) from None
         except SQLAlchemyError as exc:
             raise fail(f"catalog database error: {exc}") from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise fail(f"{exc.strerror or exc}{where}") from None
 
     return wrapper  # type: ignore[return-value]
 
 
-config_option = click.option(
-    "-c",
-    "--config",
-    "config",
-    type=click.Path(path_type=Path),
-    help="Site config (default: $POLICYD_CONFIG, else ./policyd.yaml).",
-)
+def config_option(func: F) -> F:
+    """-c on a sub-command; `policyd -c PATH COMMAND` works as well."""
+    return click.option(
+        "-c",
+        "--config",
+        "config",
+        type=click.Path(path_type=Path),
+        help="Site config (default: $POLICYD_CONFIG, else ./policyd.yaml).",
+    )(func)
+
+
+def site_for(config: Path | None) -> Site:
+    ctx = click.get_current_context()
+    return open_site(config or ctx.find_root().params.get("config"))
 
 
 def format_option(*choices: str) -> Callable[[F], F]:
@@ -94,10 +108,15 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="policyd")
 @click.option("-v", "--verbose", count=True, help="More log detail on stderr (-vv for debug).")
-def main(verbose: int) -> None:
+@config_option
+def main(verbose: int, config: Path | None) -> None:
     """Declarative storage policies for facility data.
 
     \b
@@ -113,6 +132,7 @@ def main(verbose: int) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=err.is_terminal)],
     )
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 @main.command(context_settings=CONTEXT)
@@ -122,20 +142,26 @@ def main(verbose: int) -> None:
 def init(directory: Path, force: bool) -> None:
     """Write a starter config repo and an empty SQLite catalog in DIRECTORY.
 
+    The catalog is the repo's own (sqlite:///catalog.db next to policyd.yaml), whatever
+    POLICYD_CATALOG says.
+
     \b
     Example:
       policyd init /etc/policyd/8idi
     """
     from policyd.starter import StarterExists, write_starter
 
+    if directory.exists() and not directory.is_dir():
+        raise fail(f"{directory} is a file: give init a folder (new or existing)")
     try:
         written = write_starter(directory, force=force)
     except StarterExists as exc:
         raise fail(str(exc)) from None
     for path in written:
         err.print(f"wrote {path}", highlight=False)
+    config = directory / "policyd.yaml"
     out.print(f"Starter config repo in [bold]{directory}[/]; next: edit policyd.yaml, then")
-    out.print(f"  policyd catalog stats -c {directory / 'policyd.yaml'}", highlight=False)
+    out.print(f"  policyd catalog stats -c '{config}'", highlight=False, markup=False)
 
 
 @main.command(context_settings=CONTEXT)
@@ -145,13 +171,27 @@ def init(directory: Path, force: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where to build the site (default: a new temporary folder).",
 )
-@click.option("--experiments", default=4, show_default=True, help="How many experiments.")
 @click.option(
-    "--files", "files_per_experiment", default=600, show_default=True, help="Files per experiment."
+    "--experiments",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many experiments.",
+)
+@click.option(
+    "--files",
+    "files_per_experiment",
+    default=600,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Files per experiment.",
 )
 @friendly_errors
 def demo(directory: Path | None, experiments: int, files_per_experiment: int) -> None:
     """Build a throw-away beamline site with real files and run policyd on it.
+
+    The demo keeps everything, its catalog included, in its own folder: it ignores
+    POLICYD_CONFIG and POLICYD_CATALOG.
 
     \b
     Example:
@@ -182,15 +222,15 @@ def catalog() -> None:
 @config_option
 @click.option(
     "--experiment",
-    help="Whose files these are (dm-listing; scan; mongo: which collections).",
     multiple=True,
+    help="Whose files these are (dm-listing, scan); mongo: which collections (repeatable).",
 )
-@click.option("--location", help="Where the listed files lie (dm-listing, csv, mongo).")
+@click.option("--location", help="Where the files lie (dm-listing, jsonl, csv, mongo).")
 @click.option(
     "--path-prefix",
-    help="Files lie at PREFIX/experimentFilePath on --location instead of the layout path.",
+    help="Files lie at PREFIX/experimentFilePath on the location, not at the layout path.",
 )
-@click.option("--under", default="", help="scan: walk only this folder of the location.")
+@click.option("--under", help="scan: walk only this folder of the location.")
 @click.option("--database", help="mongo: the database (default: the URL's, else 'dm').")
 @format_option("text", "json")
 @friendly_errors
@@ -201,7 +241,7 @@ def catalog_import(
     experiment: tuple[str, ...],
     location: str | None,
     path_prefix: str | None,
-    under: str,
+    under: str | None,
     database: str | None,
     fmt: str,
 ) -> None:
@@ -209,7 +249,8 @@ def catalog_import(
 
     SOURCE is a file (or - for stdin); for mongo a MongoDB URL; for scan a location name.
     A bad line is reported with its number and skipped; the rest is imported and the
-    command exits 1.
+    command exits 1. Importing a record again updates it; keys it leaves out keep the
+    values the catalog has.
 
     \b
     Examples:
@@ -220,8 +261,7 @@ def catalog_import(
       policyd catalog import mongo mongodb://dmstation:27017/dm --location voyager
       policyd catalog import scan voyager
     """
-    site = open_site(config)
-    now = time.time()
+    site = site_for(config)
     problems = 0
 
     def on_problem(diag: Diagnostic) -> None:
@@ -232,86 +272,79 @@ def catalog_import(
         elif problems == 201:
             err.print("... further problems are counted, not shown", highlight=False)
 
-    if len(experiment) > 1 and kind != "mongo":
-        raise fail("--experiment is given more than once; only mongo takes several")
-    one_experiment = experiment[0] if experiment else None
-    reports: list[Any]
-    if kind == "scan":
-        from policyd.catalog.scan import scan_location
-
-        loc = site.config.locations.get(source)
-        if loc is None:
-            raise fail(
-                f"scan: {source!r} is not a location of the site config",
-                f"known locations: {', '.join(sorted(site.config.locations)) or 'none'}",
-            )
-        reports = [
-            scan_location(
-                site.engine,
-                source,
-                loc.url,
-                now=now,
-                under=under.strip("/"),
-                experiment=one_experiment,
-                path_prefix=path_prefix,
-                on_problem=on_problem,
-            )
-        ]
-    elif kind == "mongo":
-        from policyd.catalog.mongo import import_mongo
-
-        reports = import_mongo(
+    options = ImportOptions(experiment, location, path_prefix, under, database)
+    with reading_progress(source if kind in ("jsonl", "csv", "dm-listing") else None) as bar:
+        reports = run_import(
             site.engine,
+            kind,
             source,
+            options,
             tz=site.tz,
-            locations=site.location_names,
-            now=now,
-            database=database,
-            experiments=list(experiment) or None,
-            location=location,
-            path_prefix=path_prefix,
+            locations={name: loc.url for name, loc in site.config.locations.items()},
+            now=time.time(),
             on_problem=on_problem,
+            no_config=site.config.path is None,
+            progress=bar.callback,
         )
-    else:
-        reports = [
-            import_records(
-                site.engine,
-                kind,
-                source,
-                tz=site.tz,
-                locations=site.location_names,
-                now=now,
-                experiment=one_experiment,
-                location=location,
-                path_prefix=path_prefix,
-                on_problem=on_problem,
-            )
-        ]
     if fmt == "json":
         emit_json([r.to_dict() for r in reports])
     else:
         for report in reports:
-            out.print(describe_report(report), highlight=False)
+            out.print(describe_report(report), highlight=False, markup=False)
     if not all(r.ok for r in reports):
         raise click.exceptions.Exit(1)
 
 
+class reading_progress:
+    """A progress bar on stderr while an import reads a file, on a terminal only;
+    `callback` is what the importer calls with the bytes read so far (None: no bar)."""
+
+    def __init__(self, source: str | None) -> None:
+        self.size = 0
+        if source and source != "-" and err.is_terminal and os.path.isfile(source):
+            self.size = os.path.getsize(source)
+            self.name = Path(source).name
+        self.callback: Callable[[int], None] | None = None
+
+    def __enter__(self) -> reading_progress:
+        if self.size:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            self.progress = Progress(
+                "{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            task = self.progress.add_task(f"importing {self.name}", total=self.size)
+            self.progress.start()
+            self.callback = lambda done: self.progress.update(task, completed=done)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.callback is not None:
+            self.progress.stop()
+
+
 def describe_report(report: Any) -> str:
+    c = report.counts
     if isinstance(report, ImportReport):
-        c = report.counts
         text = (
-            f"{report.source}: {c.get('experiments', 0)} experiments, {c.get('files', 0)} files, "
-            f"{c.get('replicas', 0)} replicas imported"
+            f"{report.source}: {plural(c.get('experiments', 0), 'experiment')}, "
+            f"{plural(c.get('files', 0), 'file')}, {plural(c.get('replicas', 0), 'replica')} "
+            "imported"
         )
         if report.bad_lines:
-            text += f"; {report.bad_lines} bad lines skipped"
+            text += f"; {plural(report.bad_lines, 'bad line')} skipped"
         return text
-    c = report.counts
     return (
         f"scan {report.location}: {c['seen']} files seen, {c['refreshed']} replicas refreshed, "
         f"{c['new_replicas']} new replicas ({c['new_files']} new files), "
         f"{c['missing']} marked missing, {c['unmatched']} not matched to an experiment"
         + (f", {c['symlinks_skipped']} symlinks skipped" if c["symlinks_skipped"] else "")
+        + (f", {c['unreadable']} folders unreadable" if c["unreadable"] else "")
     )
 
 
@@ -328,9 +361,9 @@ def catalog_stats(config: Path | None, experiment: str | None, fmt: str) -> None
       policyd catalog stats --experiment Smith-Mar18
       policyd catalog stats --format key-per-line
     """
-    site = open_site(config)
+    site = site_for(config)
     try:
-        stats = collection_stats(site.engine, experiment)
+        stats = collection_stats(site.reader, experiment)
     except UnknownExperiment:
         raise fail(f"experiment {experiment!r} is not in the catalog") from None
     if fmt == "json":
@@ -356,9 +389,22 @@ def format_stat(value: Any) -> str:
 
 
 def run() -> None:
-    """Console entry point; a last guard so an unforeseen error is a message, not a trace."""
+    """Console entry point. Exit codes as spec/cli.md says: 0 success, 1 any error
+    (a usage mistake is bad input too); an unforeseen error is a message, not a trace."""
     try:
-        main(prog_name="policyd")
+        code = main(prog_name="policyd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = 1
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print(
+            "interrupted: what was done so far is kept (an import is an upsert: run it "
+            "again to finish)",
+            highlight=False,
+        )
+        code = 130
     except Exception as exc:
         if os.environ.get("POLICYD_DEBUG"):
             raise
@@ -366,4 +412,5 @@ def run() -> None:
         err.print(
             "  hint: rerun with POLICYD_DEBUG=1 for a traceback and report it", highlight=False
         )
-        sys.exit(1)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

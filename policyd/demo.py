@@ -156,7 +156,7 @@ def build(demo: DemoSite, experiments: int, files_per_experiment: int) -> None:
 
 def import_site(demo: DemoSite) -> None:
     """Experiments from jsonl, daq and disk files from their DM listings, tape by a scan."""
-    site = demo.site = open_site(demo.config_path)
+    site = demo.site = open_site(demo.config_path, from_env=False)
     now = time.time()
     common = {"tz": site.tz, "locations": site.location_names, "now": now}
     demo.reports.append(
@@ -228,9 +228,10 @@ def run_demo(
     err: Console,
 ) -> DemoSite:
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="policyd-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()):
-        raise FileExistsError(f"{root} is not empty: give --dir a new or empty folder")
+    if not root.exists():
+        root.mkdir(parents=True)
+    if not root.is_dir() or any(root.iterdir()):
+        raise FileExistsError(f"{root} is not an empty folder: give --dir a new or empty one")
     demo = DemoSite(root.resolve())
     steps: list[tuple[str, Step]] = [
         ("build the site", lambda d, _o: build(d, experiments, files_per_experiment)),

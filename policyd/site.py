@@ -24,12 +24,26 @@ from policyd.stations.config import SiteConfig, find_config, load_site_config
 @dataclass
 class Site:
     config: SiteConfig
+    from_env: bool = True  # False for a site that must use its own catalog (demo, init)
+
+    @property
+    def catalog_url(self) -> str:
+        return self.config.catalog_url(self.from_env)
 
     @cached_property
     def engine(self) -> Engine:
-        engine = open_catalog(self.config.catalog_url())
+        """The catalog for commands that write: created if missing, and in sync with
+        the config's locations and stations."""
+        engine = open_catalog(self.catalog_url)
         sync_site(engine, self.config)
         return engine
+
+    @cached_property
+    def reader(self) -> Engine:
+        """The catalog for commands that only read: it must exist, and is not synced."""
+        if "engine" in self.__dict__:
+            return self.engine
+        return open_catalog(self.catalog_url, create=False)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -60,5 +74,5 @@ def load_config(explicit: str | Path | None) -> SiteConfig:
     return load_site_config(path)
 
 
-def open_site(explicit: str | Path | None) -> Site:
-    return Site(load_config(explicit))
+def open_site(explicit: str | Path | None, from_env: bool = True) -> Site:
+    return Site(load_config(explicit), from_env)

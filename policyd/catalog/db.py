@@ -13,8 +13,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,59 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.close()
 
 
-def create_catalog_engine(url: str) -> Engine:
-    parsed = make_url(url)
+class CatalogUnavailable(RuntimeError):
+    """The catalog cannot be opened as asked; the message says why and what to do."""
+
+
+BACKENDS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg2"}
+
+
+def catalog_url(url: str) -> URL:
+    """Plain `postgresql://` means psycopg2 here (SQLAlchemy 2.1 would pick psycopg 3,
+    which policyd does not ship); other databases are not supported."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CatalogUnavailable(
+            f"{url!r} is not a database URL: write sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise CatalogUnavailable(
+            f"catalog {parsed.render_as_string()}: policyd keeps its catalog in SQLite or "
+            "PostgreSQL (sqlite:///PATH, postgresql://USER@HOST/DB)"
+        )
+    if backend == "postgresql" and parsed.get_driver_name() not in ("psycopg2",):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def shown(url: str | URL) -> str:
+    """A catalog URL fit for messages: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return str(url)
+
+
+def create_catalog_engine(url: str, create: bool = True) -> Engine:
+    """`create=False` refuses a SQLite file that does not exist, so a mistyped path
+    is an error rather than a new, empty catalog."""
+    parsed = catalog_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = parsed.database
+        if database and database != ":memory:" and not Path(database).exists():
+            if not create:
+                raise CatalogUnavailable(
+                    f"there is no catalog at {database}: check POLICYD_CATALOG or the "
+                    "config's `catalog:`, or create one with `policyd init` or an import"
+                )
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CatalogUnavailable(
+                    f"cannot create the catalog at {database}: {exc.strerror}"
+                ) from None
         engine = create_engine(parsed)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -66,6 +115,15 @@ def upgrade(engine: Engine) -> bool:
         current = current_revision(conn)
         if current == head:
             return False
+        known = {
+            s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()
+        }
+        if current is not None and current not in known:
+            raise CatalogUnavailable(
+                f"the catalog at {shown(engine.url)} has schema revision {current}, which this "
+                f"policyd does not know (it knows up to {head}): it was written by a newer "
+                "policyd; upgrade policyd to use it"
+            )
         log.info("upgrading catalog schema from %s to %s", current or "empty", head)
         cfg = _alembic_config()
         cfg.attributes["connection"] = conn
@@ -73,7 +131,7 @@ def upgrade(engine: Engine) -> bool:
     return True
 
 
-def open_catalog(url: str) -> Engine:
-    engine = create_catalog_engine(url)
+def open_catalog(url: str, create: bool = True) -> Engine:
+    engine = create_catalog_engine(url, create)
     upgrade(engine)
     return engine

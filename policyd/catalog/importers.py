@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -179,10 +180,40 @@ class Loader:
             self.pending_files = []
 
 
-def open_source(source: str) -> BinaryIO:
+class CountingReader(io.RawIOBase):
+    """Tells `progress` how far into a file the parser has read, every megabyte or so."""
+
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], None]) -> None:
+        self.raw = raw
+        self.progress = progress
+        self.done = 0
+        self.told = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.done += count or 0
+        if self.done - self.told >= 1 << 20 or not count:
+            self.told = self.done
+            self.progress(self.done)
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def open_source(source: str, progress: Callable[[int], None] | None = None) -> BinaryIO:
     if source == "-":
         return sys.stdin.buffer
-    return open(source, "rb")
+    if os.path.isdir(source):
+        raise ImportUsageError(f"{source} is a folder: give the file to import")
+    stream = open(source, "rb", buffering=0 if progress else -1)  # noqa: SIM115
+    if progress is None:
+        return stream
+    return io.BufferedReader(CountingReader(stream, progress), 1 << 16)  # type: ignore[return-value]
 
 
 def parse_jsonl(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iterator[Parsed]:
@@ -301,6 +332,7 @@ def import_records(
     location: str | None = None,
     path_prefix: str | None = None,
     on_problem: Callable[[Diagnostic], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import a `jsonl`, `csv` or `dm-listing` source (a path, or `-` for stdin)."""
     if location is not None and location not in locations:
@@ -319,7 +351,7 @@ def import_records(
                 f"experiment {experiment!r} is not in the catalog: import its record first"
             )
     try:
-        stream = open_source(source)
+        stream = open_source(source, progress)
     except OSError as exc:
         raise ImportUsageError(f"cannot read {source}: {exc.strerror}") from None
     with stream:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import tzinfo
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 from sqlalchemy import Engine
 
 from policyd.catalog.importers import (
@@ -80,5 +82,19 @@ def import_mongo(
             )
             reports.append(report)
             continue
-        reports.append(loader.run(parse_collection(db, name, tz, locations)))
+        try:
+            reports.append(loader.run(parse_collection(db, name, tz, locations)))
+        except PyMongoError as exc:
+            raise ImportUsageError(
+                f"reading {source} failed: {exc}; what was read before is kept "
+                "(an import is an upsert: run it again to finish)"
+            ) from None
     return reports
+
+
+def without_credentials(url: str) -> str:
+    """Reports and messages name the server, never its password."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

@@ -209,7 +209,9 @@ def file_row(
     """Validate one DM file record; `experiment` fills in for listings that omit it."""
     exp = record.get("experimentName", experiment)
     if experiment is not None and exp != experiment:
-        raise BadRecord(f"experimentName {exp!r} differs from --experiment {experiment!r}")
+        raise BadRecord(
+            f"experimentName {exp!r} is not {experiment!r}, the experiment being imported"
+        )
     if exp is None:
         raise BadRecord("missing key experimentName")
     if not isinstance(exp, str) or not exp:

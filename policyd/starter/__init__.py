@@ -46,5 +46,6 @@ def write_starter(directory: Path, force: bool = False) -> list[Path]:
     for location in site.locations.values():
         if location.root_path is not None:
             location.root_path.mkdir(parents=True, exist_ok=True)
-    open_catalog(site.catalog_url()).dispose()
+    # The repo's own SQLite catalog, whatever POLICYD_CATALOG says: init makes a repo.
+    open_catalog(site.catalog_url(from_env=False)).dispose()
     return written

@@ -616,9 +616,10 @@ class SiteConfig(_Section):
     def tzinfo(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    def catalog_url(self) -> str:
-        """POLICYD_CATALOG if set (so one config can be tried on a scratch catalog)."""
-        override = os.environ.get(ENV_CATALOG)
+    def catalog_url(self, from_env: bool = True) -> str:
+        """POLICYD_CATALOG if set (so one config can be tried on a scratch catalog);
+        `from_env=False` for commands that make their own (init, demo)."""
+        override = os.environ.get(ENV_CATALOG) if from_env else None
         return override if override else self.catalog
 
     def files_matching(self, globs: Iterable[str]) -> list[Path]:

@@ -43,7 +43,7 @@ def test_imports_experiments_files_replicas_and_metadata(site_dir: Path, engine:
     )
     result = cli("catalog", "import", "jsonl", source, "-c", site_dir / "policyd.yaml")
     assert result.exit_code == 0, result.output
-    assert "1 experiments, 2 files, 2 replicas imported" in result.output
+    assert "1 experiment, 2 files, 2 replicas imported" in result.output
 
     found = catalog_files(engine)
     tif = found[("Smith-Mar18", "pix/macimg_000001.tif")]

@@ -90,7 +90,7 @@ def test_demo_builds_a_site_with_real_files_and_a_catalog(tmp_path: Path) -> Non
     assert json.loads(stats.stdout)["nFiles"] == 240
     assert json.loads(stats.stdout)["collectionSize"] == sum(p.stat().st_size for p in on_disk)
     refused = run("demo", "--dir", site)
-    assert refused.returncode == 1 and "is not empty" in refused.stderr
+    assert refused.returncode == 1 and "is not an empty folder" in refused.stderr
 
 
 def test_bad_config_is_a_located_message_not_a_traceback(tmp_path: Path) -> None:
