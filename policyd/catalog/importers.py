@@ -32,7 +32,7 @@ from policyd.catalog.records import (
     file_row,
     record_kind,
 )
-from policyd.catalog.writer import BATCH, CatalogWriter, FileStore
+from policyd.catalog.writer import BATCH, CatalogWriter, Failure, FileStore
 from policyd.diagnostics import Diagnostic, Span
 
 MAX_KEPT_PROBLEMS = 100
@@ -117,6 +117,7 @@ class Loader:
         self.on_problem = on_problem
         self.pending_experiments: list[ExperimentRow] = []
         self.pending_files: list[FileRow] = []
+        self.pending_lines: list[int] = []
 
     def problem(self, line: int, col: int, message: str, hint: str | None = None) -> None:
         self.report.bad_lines += 1
@@ -128,7 +129,9 @@ class Loader:
 
     def run(self, parsed: Iterable[Parsed]) -> ImportReport:
         self.store: FileStore | StoreProcess = (
-            StoreProcess(self.engine) if self.second_process else FileStore(self.engine)
+            StoreProcess(self.engine, self.refused)
+            if self.second_process
+            else FileStore(self.engine, self.refused)
         )
         try:
             for line, col, item in parsed:
@@ -165,6 +168,7 @@ class Loader:
             station = self.writer.experiment_stations[row.experiment]
             row.replicas.append(self.placement.replica(row, station))
         self.pending_files.append(row)
+        self.pending_lines.append(line)
         if len(self.pending_files) >= BATCH:
             self.flush_files()
 
@@ -176,8 +180,13 @@ class Loader:
 
     def flush_files(self) -> None:
         if self.pending_files:
-            self.store.store(self.writer.prepare_files(self.pending_files))
-            self.pending_files = []
+            self.store.store(self.writer.prepare_files(self.pending_files, self.pending_lines))
+            self.pending_files, self.pending_lines = [], []
+
+    def refused(self, failures: list[Failure]) -> None:
+        self.writer.refused(failures)
+        for line, reason, _ in failures:
+            self.problem(line, 0, reason)
 
 
 class CountingReader(io.RawIOBase):
@@ -223,8 +232,10 @@ def parse_jsonl(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iter
         try:
             record = orjson.loads(raw.rstrip(b"\r\n"))
         except orjson.JSONDecodeError as exc:
-            col = getattr(exc, "colno", 0) or 0
-            yield number, col, BadRecord(f"not valid JSON: {exc.msg}")
+            if "UTF-8" in exc.msg:
+                yield number, 0, BadRecord(NOT_UTF8)
+            else:
+                yield number, exc.colno, BadRecord(f"not valid JSON: {exc.msg}")
             continue
         yield number, 0, to_row(record, tz, locations)
 
@@ -232,15 +243,24 @@ def parse_jsonl(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iter
 def parse_json_document(
     stream: BinaryIO, tz: tzinfo, locations: frozenset[str]
 ) -> Iterator[Parsed]:
-    """A `.json` file: one record or a list of them, as the DM service returns them."""
+    """A `.json` file: one record or a list of them, as the DM service returns them.
+    A `.json` file that is really JSON lines is read as such. Records of a list are
+    reported by their place in it ("record 3"), not by line."""
+    data = stream.read()
     try:
-        document = orjson.loads(stream.read())
+        document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield exc.lineno, exc.colno, BadRecord(f"not valid JSON: {exc.msg}")
+        if exc.lineno > 1 and data.lstrip()[:1] == b"{":
+            yield from parse_jsonl(io.BytesIO(data), tz, locations)
+        else:
+            yield exc.lineno, exc.colno, BadRecord(f"not valid JSON: {exc.msg}")
         return
     records = document if isinstance(document, list) else [document]
     for index, record in enumerate(records, 1):
-        yield index, 0, to_row(record, tz, locations)
+        row = to_row(record, tz, locations)
+        if isinstance(row, BadRecord) and len(records) > 1:
+            row = BadRecord(f"record {index} of the list: {row}")
+        yield 0, 0, row
 
 
 def to_row(
@@ -261,13 +281,23 @@ def to_row(
 
 
 DM_LISTING_SPLIT = re.compile(r" (?=[A-Za-z_][A-Za-z0-9_]*=)")
+NOT_UTF8 = "the line is not valid UTF-8"
+
+
+def text_lines(stream: BinaryIO) -> Iterator[str]:
+    """Lines as text, a byte-order mark dropped; bytes that are not UTF-8 become U+FFFD,
+    which the parsers then report (a path with U+FFFD would match nothing on disk)."""
+    return iter(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline=""))
 
 
 def parse_dm_listing(stream: BinaryIO, tz: tzinfo, experiment: str) -> Iterator[Parsed]:
     """`key=value key=value` lines; a value runs up to the next ` key=` (it may hold spaces)."""
-    for number, raw in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), 1):
+    for number, raw in enumerate(text_lines(stream), 1):
         line = raw.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "\ufffd" in line:
+            yield number, 0, BadRecord(NOT_UTF8)
             continue
         record: dict[str, Any] = {}
         bad = None
@@ -275,6 +305,9 @@ def parse_dm_listing(stream: BinaryIO, tz: tzinfo, experiment: str) -> Iterator[
             key, sep, value = part.partition("=")
             if not sep or not key:
                 bad = BadRecord(f"expected key=value, got {part!r}")
+                break
+            if key in record:
+                bad = BadRecord(f"{key} is given twice")
                 break
             record[key] = value
         if bad is None:
@@ -286,23 +319,45 @@ def parse_dm_listing(stream: BinaryIO, tz: tzinfo, experiment: str) -> Iterator[
         yield number, 0, bad
 
 
-CSV_NUMERIC = ("fileCreationTime", "fileModificationTime")
+REQUIRED_CSV = ("experimentName", "experimentFilePath", "fileSize")
+CSV_FIELD_LIMIT = 16 << 20
 
 
 def parse_csv(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iterator[Parsed]:
-    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-    reader = csv.DictReader(text)
-    header = reader.fieldnames or []
-    missing = [k for k in ("experimentName", "experimentFilePath", "fileSize") if k not in header]
+    """A header row of DM keys, then one file a row; a `replicas` cell holds the JSON
+    list a jsonl record would."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.reader(text_lines(stream))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        yield 1, 0, BadRecord(f"the header row is not CSV: {exc}")
+        return
+    if header is None:
+        yield 1, 0, BadRecord("the file is empty: expected a header row of DM keys")
+        return
+    missing = [k for k in REQUIRED_CSV if k not in header]
     if missing:
         yield 1, 0, BadRecord(f"the header row lacks {', '.join(missing)}")
         return
-    for record in reader:
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            yield reader.line_num, 0, BadRecord(f"not a CSV row: {exc}")
+            continue
+        if row is None:
+            return
         line = reader.line_num
-        if None in record:
+        if not row:
+            continue
+        if len(row) > len(header):
             yield line, 0, BadRecord(f"more fields than the header's {len(header)}")
             continue
-        cleaned = {k: v for k, v in record.items() if v not in ("", None)}
+        if any("\ufffd" in value for value in row):
+            yield line, 0, BadRecord(NOT_UTF8)
+            continue
+        cleaned = {k: v for k, v in zip(header, row, strict=False) if v != ""}
         try:
             yield line, 0, file_row(cleaned, tz, known_locations=locations, from_text=True)
         except BadRecord as bad:

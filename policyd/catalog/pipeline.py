@@ -11,12 +11,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
 
 from policyd.catalog.db import create_catalog_engine
-from policyd.catalog.writer import FileBatch, FileStore
+from policyd.catalog.writer import Failure, FileBatch, FileStore
 
 PARALLEL_MIN_BYTES = 8 << 20
 QUEUE_DEPTH = 4
@@ -30,7 +31,7 @@ class StoreFailed(RuntimeError):
 def _serve(url: str, jobs: mp.Queue[Any], results: mp.Queue[Any]) -> None:
     try:
         engine = create_catalog_engine(url)
-        store = FileStore(engine)
+        store = FileStore(engine, lambda failures: results.put(("refused", failures)))
         while True:
             job = jobs.get()
             if job is None:
@@ -47,7 +48,10 @@ def _serve(url: str, jobs: mp.Queue[Any], results: mp.Queue[Any]) -> None:
 class StoreProcess:
     """Runs FileStore.store in a forked process; `drain` waits until it has caught up."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, on_failures: Callable[[list[Failure]], None] | None = None
+    ) -> None:
+        self.on_failures = on_failures
         ctx = mp.get_context("fork")
         self.jobs: mp.Queue[Any] = ctx.Queue(maxsize=QUEUE_DEPTH)
         self.results: mp.Queue[Any] = ctx.Queue()
@@ -65,15 +69,24 @@ class StoreProcess:
                 continue
 
     def _raise_if_failed(self) -> None:
-        try:
-            kind, message = self.results.get_nowait()
-        except queue.Empty:
-            if not self.process.is_alive():
-                raise StoreFailed("the catalog writer process died") from None
-            return
-        if kind == "error":
+        """Passes on refused records, and raises if the writer stopped."""
+        while True:
+            try:
+                kind, message = self.results.get_nowait()
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise StoreFailed("the catalog writer process died") from None
+                return
+            self._handle(kind, message)
+
+    def _handle(self, kind: str, message: Any) -> None:
+        if kind == "refused":
+            if self.on_failures is not None:
+                self.on_failures(message)
+        elif kind == "error":
             raise StoreFailed(message)
-        raise StoreFailed(f"unexpected message from the catalog writer: {kind}")
+        else:
+            raise StoreFailed(f"unexpected message from the catalog writer: {kind}")
 
     def _await(self, expected: str) -> None:
         while True:
@@ -83,10 +96,9 @@ class StoreProcess:
                 if not self.process.is_alive():
                     raise StoreFailed("the catalog writer process died") from None
                 continue
-            if kind == "error":
-                raise StoreFailed(message)
             if kind == expected:
                 return
+            self._handle(kind, message)
 
     def store(self, batch: FileBatch) -> None:
         self._send(batch)

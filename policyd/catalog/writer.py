@@ -7,11 +7,14 @@ cost per record stays flat however large the input is.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
 from sqlalchemy import (
     Connection,
     Double,
@@ -30,6 +33,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError
 
 from policyd.catalog.bulk import Bulk
 from policyd.catalog.records import ExperimentRow, FileRow
@@ -160,28 +164,78 @@ def file_ids(bulk: Bulk, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str
 
 @dataclass(frozen=True)
 class FileBatch:
-    """Rows ready for the database: FILE_COLUMNS and REPLICA_BY_PATH_COLUMNS tuples."""
+    """Rows ready for the database: FILE_COLUMNS and REPLICA_BY_PATH_COLUMNS tuples,
+    the input line of each file row, and for each replica row the index of its file."""
 
     files: list[tuple[Any, ...]]
     replicas: list[tuple[Any, ...]]
+    lines: list[int]
+    owners: list[int]
+
+
+# (input line, why the database refused it, how many replica rows went with it)
+Failure = tuple[int, str, int]
+
+# What a single bad value makes the database (or its driver) raise, as opposed to a
+# database that is down or a schema that is wrong, which stop the import.
+ROW_ERRORS = (
+    OverflowError,
+    ValueError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    psycopg2.DataError,
+    psycopg2.IntegrityError,
+    psycopg2.errors.ProgramLimitExceeded,
+    DataError,
+    IntegrityError,
+)
 
 
 class FileStore:
     """Writes file batches; its statements are built once, so the bulk path compiles
-    each once per import however many batches follow."""
+    each once per import however many batches follow. A batch the database refuses
+    is written again a record at a time, so one bad record costs only itself."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, on_failures: Callable[[list[Failure]], None] | None = None
+    ) -> None:
         self.engine = engine
+        self.on_failures = on_failures
         with engine.connect() as conn:
             self.file_stmt = file_upsert(conn)
             self.replica_stmt = replica_upsert_by_path(conn)
 
-    def store(self, batch: FileBatch) -> None:
+    def write(self, files_: list[tuple[Any, ...]], replicas_: list[tuple[Any, ...]]) -> None:
         """Files first, so each replica finds its file's id in the same transaction."""
         with self.engine.begin() as conn:
             bulk = Bulk(conn)
-            bulk.execute(self.file_stmt, FILE_COLUMNS, batch.files)
-            bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, batch.replicas)
+            bulk.execute(self.file_stmt, FILE_COLUMNS, files_)
+            bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
+
+    def store(self, batch: FileBatch) -> None:
+        try:
+            self.write(batch.files, batch.replicas)
+        except ROW_ERRORS:
+            failures = self.one_by_one(batch)
+            if failures and self.on_failures is not None:
+                self.on_failures(failures)
+
+    def one_by_one(self, batch: FileBatch) -> list[Failure]:
+        by_owner: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+        for row, owner in zip(batch.replicas, batch.owners, strict=True):
+            by_owner[owner].append(row)
+        failures = []
+        for index, (row, line) in enumerate(zip(batch.files, batch.lines, strict=True)):
+            replica_rows = by_owner.get(index, [])
+            try:
+                self.write([row], replica_rows)
+            except ROW_ERRORS as exc:
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                failures.append(
+                    (line, f"the catalog database refused the record: {reason}", len(replica_rows))
+                )
+        return failures
 
     def drain(self) -> None:
         """Stored as soon as handed over: nothing is ever pending here."""
@@ -201,6 +255,11 @@ class CatalogWriter:
         self.location_ids: dict[str, int] = {}
         self.counts = {"experiments": 0, "files": 0, "replicas": 0}
         self.refresh_ids()
+
+    def refused(self, failures: list[Failure]) -> None:
+        """Records the database refused were counted when prepared; uncount them."""
+        self.counts["files"] -= len(failures)
+        self.counts["replicas"] -= sum(lost for _, _, lost in failures)
 
     def refresh_ids(self) -> None:
         with self.engine.connect() as conn:
@@ -246,7 +305,7 @@ class CatalogWriter:
         self.counts["experiments"] += len(params)
         self.refresh_ids()
 
-    def prepare_files(self, rows: Sequence[FileRow]) -> FileBatch:
+    def prepare_files(self, rows: Sequence[FileRow], lines: list[int]) -> FileBatch:
         """Resolve names to ids. A path twice in one batch needs no care: every row is
         its own upsert statement (executemany, execute_batch), so the last one wins."""
         experiment_ids = self.experiment_ids
@@ -266,6 +325,8 @@ class CatalogWriter:
                 for r in rows
                 for rep in r[9]
             ],
+            lines,
+            [index for index, r in enumerate(rows) for _ in r[9]],
         )
         self.counts["files"] += len(batch.files)
         self.counts["replicas"] += len(batch.replicas)

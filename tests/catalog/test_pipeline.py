@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,25 @@ def test_a_database_failure_in_the_second_process_is_reported(
     assert "error: the catalog writer failed:" in result.output
     assert "replicas" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("second_process", [False, True], ids=["one-process", "two-processes"])
+def test_a_record_the_database_refuses_costs_only_its_own_line(
+    site_dir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, second_process: bool
+) -> None:
+    """PostgreSQL cannot index a path of ~3 KB (SQLite can): the batch is retried a
+    record at a time, the refused one is reported by line, its neighbours are kept."""
+    monkeypatch.setattr(pipeline, "PARALLEL_MIN_BYTES", 0 if second_process else 1 << 62)
+    noise = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(60))
+    long_path = "/".join(noise[i : i + 250] for i in range(0, 3000, 250)) + "/f.h5"
+    records = [SMITH, file_record("before.h5"), file_record(long_path), file_record("after.h5")]
+    result = cli("catalog", "import", "jsonl", write_jsonl(site_dir / "l.jsonl", records))
+    names = {path for _, path in catalog_files(engine)}
+    if engine.dialect.name == "postgresql":
+        assert result.exit_code == 1
+        assert ":3: error: the catalog database refused the record: index row" in result.output
+        assert "1 experiment, 2 files, 0 replicas imported; 1 bad line skipped" in result.output
+        assert names == {"before.h5", "after.h5"}
+    else:
+        assert result.exit_code == 0, result.output
+        assert names == {"before.h5", "after.h5", long_path}
