@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 from sqlalchemy import Engine
 
 from policyd.catalog.importers import (
@@ -60,17 +60,23 @@ def import_mongo(
     client: MongoClient[Any] | None = None,
 ) -> list[ImportReport]:
     """One report per collection; an experiment unknown to the catalog is reported, skipped."""
-    if location is not None and location not in locations:
-        raise ImportUsageError(f"--location {location!r} is not a location of the site config")
     placement = Placement(location, clean_prefix(path_prefix)) if location else None
-    client = client or MongoClient(url, serverSelectionTimeoutMS=5000)
-    db = client[database] if database else client.get_default_database(default="dm")
-    names = experiments or sorted(
-        n for n in db.list_collection_names() if not n.startswith("system.")
-    )
+    label = without_credentials(url)
+    try:
+        client = client or MongoClient(url, serverSelectionTimeoutMS=5000)
+        db = client[database] if database else client.get_default_database(default="dm")
+        names = experiments or sorted(
+            n for n in db.list_collection_names() if not n.startswith("system.")
+        )
+    except (ConfigurationError, InvalidURI, ValueError) as exc:
+        raise ImportUsageError(f"{label!r} is not a usable MongoDB URL: {exc}") from None
+    except PyMongoError as exc:
+        raise ImportUsageError(
+            f"cannot reach MongoDB at {label}: {str(exc).split(',')[0]}"
+        ) from None
     reports = []
     for name in names:
-        source = f"{url.rstrip('/')}/{name}" if "://" in url else f"{url}/{name}"
+        source = f"{label.rstrip('/')}/{name}"
         report = ImportReport("mongo", source)
         loader = Loader(engine, report, now, placement, on_problem)
         if name not in loader.writer.experiment_ids:
