@@ -71,6 +71,18 @@ def load_config(explicit: str | Path | None) -> SiteConfig:
                 )
             ]
         )
+    if not path.exists():
+        given_by = "-c" if explicit else "POLICYD_CONFIG"
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    "no-config",
+                    f"no site config at {path} (given by {given_by})",
+                    Span(str(path)),
+                    hint="check the path, or run `policyd init DIR` to write a starter config",
+                )
+            ]
+        )
     return load_site_config(path)
 
 

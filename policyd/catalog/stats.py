@@ -43,7 +43,7 @@ def collection_stats(engine: Engine, experiment: str | None = None) -> dict[str,
         n, total, smallest, largest, mean = conn.execute(
             select(
                 func.count(files.c.id),
-                func.sum(size),
+                func.sum(files.c.size),  # integer: exact, where a double sum is not past 2^53
                 func.min(files.c.size),
                 func.max(files.c.size),
                 func.avg(size),
