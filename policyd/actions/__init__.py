@@ -1,0 +1,1 @@
+"""Executors behind one interface, and the runner that carries out a plan."""

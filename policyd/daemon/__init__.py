@@ -1,0 +1,1 @@
+"""Scheduling rules, signals, and the health and metrics endpoint."""

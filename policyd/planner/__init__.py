@@ -1,0 +1,1 @@
+"""Reconciliation of desired and actual replicas into a plan; the plan and its views."""
