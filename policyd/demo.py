@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -220,6 +222,15 @@ def show(demo: DemoSite, out: Console) -> None:
 Step = Callable[[DemoSite, Console], None]
 
 
+def policyd_command() -> str:
+    """`policyd` if the shell finds it, else the path of the one running (`make demo`
+    runs it from .venv/bin, which is not on the PATH)."""
+    if shutil.which("policyd"):
+        return "policyd"
+    beside = Path(sys.executable).parent / "policyd"
+    return str(beside) if beside.exists() else f"{sys.executable} -m policyd"
+
+
 def run_demo(
     directory: Path | None,
     experiments: int,
@@ -247,5 +258,5 @@ def run_demo(
         f"{len(demo.experiments)} experiments, catalog {demo.root / 'catalog.db'}.",
         highlight=False,
     )
-    out.print(f"Try: policyd catalog stats -c {demo.config_path}", highlight=False)
+    out.print(f"Try: {policyd_command()} catalog stats -c {demo.config_path}", highlight=False)
     return demo
