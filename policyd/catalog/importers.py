@@ -40,6 +40,10 @@ MAX_KEPT_PROBLEMS = 100
 Parsed = tuple[int, int, ExperimentRow | FileRow | BadRecord]
 
 
+class ImportUsageError(ValueError):
+    """The import cannot start (wrong options, unknown experiment or location)."""
+
+
 @dataclass
 class ImportReport:
     kind: str
@@ -369,10 +373,6 @@ def looks_like_json_document(source: str) -> bool:
 
 
 KINDS = ("jsonl", "csv", "dm-listing", "mongo", "scan")
-
-
-class ImportUsageError(ValueError):
-    """The import cannot start (wrong options, unknown experiment or location)."""
 
 
 def import_records(
