@@ -33,7 +33,7 @@ from policyd.catalog.records import (
     record_kind,
 )
 from policyd.catalog.writer import BATCH, CatalogWriter, Failure, FileStore
-from policyd.diagnostics import Diagnostic, Span
+from policyd.diagnostics import Diagnostic, Severity, Span
 
 MAX_KEPT_PROBLEMS = 100
 
@@ -123,9 +123,19 @@ class Loader:
         self.pending_files: list[FileRow] = []
         self.pending_lines: list[int] = []
 
-    def problem(self, line: int, col: int, message: str, hint: str | None = None) -> None:
-        self.report.bad_lines += 1
-        diag = Diagnostic("bad-record", message, Span(self.report.source, line, col), "error", hint)
+    def problem(
+        self,
+        line: int,
+        col: int,
+        message: str,
+        hint: str | None = None,
+        severity: Severity = "error",
+    ) -> None:
+        """An error skips the record; a warning only says something looks wrong."""
+        if severity == "error":
+            self.report.bad_lines += 1
+        code = "bad-record" if severity == "error" else "odd-record"
+        diag = Diagnostic(code, message, Span(self.report.source, line, col), severity, hint)
         if len(self.report.problems) < MAX_KEPT_PROBLEMS:
             self.report.problems.append(diag)
         if self.on_problem:
@@ -142,6 +152,14 @@ class Loader:
                 if isinstance(item, BadRecord):
                     self.problem(line, col, str(item))
                 elif isinstance(item, ExperimentRow):
+                    if item.start is not None and item.end is not None and item.end < item.start:
+                        self.problem(
+                            line,
+                            col,
+                            f"experiment {item.name!r} ends before it starts; imported as given",
+                            "experiment.active will be false for it; correct its dates",
+                            "warning",
+                        )
                     self.pending_experiments.append(item)
                     if len(self.pending_experiments) >= BATCH:
                         self.flush_experiments()

@@ -243,3 +243,19 @@ def test_values_the_catalog_cannot_hold_or_that_would_mislead_are_bad_lines(
     for (_, expected), line in zip(cases, errors, strict=True):
         assert expected in line, (expected, line)
     assert catalog_files(engine) == {}
+
+
+def test_an_experiment_ending_before_it_starts_is_imported_with_a_warning(
+    site_dir: Path, engine: Engine
+) -> None:
+    record = {
+        **SMITH,
+        "startDate": "2017-06-27T13:46:00-05:00",
+        "endDate": "2017-06-07T12:25:00-05:00",
+    }
+    source = write_jsonl(site_dir / "e.jsonl", [record])
+    result = cli("catalog", "import", "jsonl", source)
+    assert result.exit_code == 0
+    assert f"{source}:1: warning: experiment 'Smith-Mar18' ends before it starts" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(select(experiments.c.name)).scalar() == "Smith-Mar18"
