@@ -103,8 +103,18 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+MAX_SIZE = (1 << 63) - 1  # what the catalog's BIGINT columns hold: 9.2 EB
+
+
 def parse_size(value: str | int | float) -> int:
     """Bytes in `value`; a bare number is bytes and fractions of a byte are rounded."""
+    size = _parse_size(value)
+    if size > MAX_SIZE:
+        raise ValueError(f"{_shown(value)} is more than policyd can count (9.2 EB)")
+    return size
+
+
+def _parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{_shown(value)} is not a size; write {SIZE_FORMS}")
     if isinstance(value, int):

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from policyd.catalog.schema import REPLICA_STATES
+from policyd.units import MAX_SIZE
 
 MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -122,9 +123,6 @@ def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return moment.timestamp()
-
-
-MAX_SIZE = (1 << 63) - 1  # what a BIGINT column holds; 9.2 EB, far above any file
 
 
 def parse_size(value: Any, key: str = "fileSize", from_text: bool = False) -> int:
