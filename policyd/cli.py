@@ -232,6 +232,11 @@ def catalog() -> None:
 )
 @click.option("--under", help="scan: walk only this folder of the location.")
 @click.option("--database", help="mongo: the database (default: the URL's, else 'dm').")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="scan: a location with no files is really empty (else taken for unmounted).",
+)
 @format_option("text", "json")
 @friendly_errors
 def catalog_import(
@@ -243,6 +248,7 @@ def catalog_import(
     path_prefix: str | None,
     under: str | None,
     database: str | None,
+    allow_empty: bool,
     fmt: str,
 ) -> None:
     """Import catalog records: KIND is one of jsonl, csv, dm-listing, mongo, scan.
@@ -272,7 +278,7 @@ def catalog_import(
         elif problems == 201:
             err.print("... further problems are counted, not shown", highlight=False)
 
-    options = ImportOptions(experiment, location, path_prefix, under, database)
+    options = ImportOptions(experiment, location, path_prefix, under, database, allow_empty)
     with reading_progress(source if kind in ("jsonl", "csv", "dm-listing") else None) as bar:
         reports = run_import(
             site.engine,

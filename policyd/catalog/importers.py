@@ -96,8 +96,8 @@ def clean_prefix(prefix: str | None, option: str = "--path-prefix") -> str | Non
             f"{option} {prefix!r} must be relative to the location's root, not absolute"
         )
     cleaned = prefix.strip("/")
-    if any(s in (".", "..") for s in cleaned.split("/")):
-        raise ImportUsageError(f"{option} {prefix!r} must not contain '.' or '..'")
+    if cleaned and any(s in ("", ".", "..") for s in cleaned.split("/")):
+        raise ImportUsageError(f"{option} {prefix!r} must not contain '.', '..' or '//'")
     return cleaned
 
 
@@ -249,6 +249,8 @@ def open_source(source: str, progress: Callable[[int], None] | None = None) -> B
 
 def parse_jsonl(stream: BinaryIO, tz: tzinfo, locations: frozenset[str]) -> Iterator[Parsed]:
     for number, raw in enumerate(stream, 1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark some editors write
         if not raw.strip():
             continue
         try:

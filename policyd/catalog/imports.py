@@ -20,7 +20,7 @@ OPTIONS = {
     "csv": {"location", "path_prefix"},
     "dm-listing": {"experiment", "location", "path_prefix"},
     "mongo": {"experiment", "location", "path_prefix", "database"},
-    "scan": {"experiment", "path_prefix", "under"},
+    "scan": {"experiment", "path_prefix", "under", "allow_empty"},
 }
 FLAGS = {
     "experiment": "--experiment",
@@ -28,6 +28,7 @@ FLAGS = {
     "path_prefix": "--path-prefix",
     "under": "--under",
     "database": "--database",
+    "allow_empty": "--allow-empty",
 }
 
 
@@ -38,9 +39,10 @@ class ImportOptions:
     path_prefix: str | None = None
     under: str | None = None
     database: str | None = None
+    allow_empty: bool = False
 
     def given(self) -> set[str]:
-        return {name for name in FLAGS if getattr(self, name) not in (None, ())}
+        return {name for name in FLAGS if getattr(self, name) not in (None, (), False)}
 
     def check(self, kind: str) -> None:
         extra = self.given() - OPTIONS[kind]
@@ -90,6 +92,7 @@ def run_import(
                 experiment=experiment,
                 path_prefix=options.path_prefix,
                 on_problem=on_problem,
+                allow_empty=options.allow_empty,
             )
         ]
     common: dict[str, Any] = {

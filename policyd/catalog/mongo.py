@@ -72,7 +72,7 @@ def import_mongo(
         raise ImportUsageError(f"{label!r} is not a usable MongoDB URL: {exc}") from None
     except PyMongoError as exc:
         raise ImportUsageError(
-            f"cannot reach MongoDB at {label}: {str(exc).split(',')[0]}"
+            f"cannot reach MongoDB at {label}: {str(exc).split(', Timeout:')[0]}"
         ) from None
     reports = []
     for name in names:

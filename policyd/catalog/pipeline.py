@@ -113,9 +113,13 @@ class StoreProcess:
         self.process.join()
 
     def abort(self) -> None:
+        """Stop the writer now (an error, or Ctrl-C): what it committed stays."""
         if self.process.is_alive():
             self.process.terminate()
         self.process.join()
+        # Batches still queued are dropped, not flushed to a dead reader at exit.
+        self.jobs.cancel_join_thread()
+        self.results.cancel_join_thread()
 
 
 def worth_a_second_process(source: str) -> bool:

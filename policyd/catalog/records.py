@@ -128,8 +128,8 @@ def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
 def parse_size(value: Any, key: str = "fileSize", from_text: bool = False) -> int:
     """Whole bytes; digits in text only for formats that have no numbers (listings, csv)."""
     text = value.strip() if from_text and isinstance(value, str) else None
-    if type(value) is int:
-        size = value
+    if isinstance(value, int) and not isinstance(value, bool):  # Mongo's Int64 too
+        size = int(value)
     elif type(value) is float and value.is_integer():
         size = int(value)
     elif text and text.lstrip("-").isascii() and text.lstrip("-").isdigit():

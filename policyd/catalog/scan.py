@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import fs
 import fs.errors
@@ -171,15 +171,21 @@ def walk_fs(url: str, under: str, report: ScanReport) -> Iterator[Entry]:
 
 def _walk_fs(filesystem: FS, folder: str, report: ScanReport) -> Iterator[Entry]:
     try:
-        infos = sorted(filesystem.scandir(folder, namespaces=["details"]), key=lambda i: i.name)
+        infos = sorted(
+            filesystem.scandir(folder, namespaces=["details", "link"]), key=lambda i: i.name
+        )
     except fs.errors.FSError as exc:
         report.cannot_read(folder.strip("/"), OSError(str(exc)))
         return
     for info in infos:
         path = fs.path.join(folder, info.name)
-        if info.is_dir:
+        if info.has_namespace("link") and info.is_link:
+            report.counts["symlinks_skipped"] += 1
+        elif not utf8_name(path.lstrip("/"), report):
+            continue
+        elif info.is_dir:
             yield from _walk_fs(filesystem, path, report)
-        elif not info.has_namespace("link") or not info.is_link:
+        else:
             modified = info.modified.timestamp() if info.modified else 0.0
             yield path.lstrip("/"), info.size or 0, modified
 
@@ -187,7 +193,7 @@ def _walk_fs(filesystem: FS, folder: str, report: ScanReport) -> Iterator[Entry]
 def walk_location(url: str, under: str, report: ScanReport) -> Iterator[Entry]:
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        return walk_local(Path(parsed.path), under, report)
+        return walk_local(Path(unquote(parsed.path)), under, report)
     return walk_fs(url, under, report)
 
 
@@ -200,6 +206,7 @@ class Scanner:
         report: ScanReport,
         experiment: str | None,
         path_prefix: str | None,
+        allow_empty: bool = False,
     ) -> None:
         self.engine = engine
         self.now = now
@@ -208,6 +215,7 @@ class Scanner:
         self.location_id = self.writer.location_ids[location]
         self.experiment = experiment
         self.path_prefix = clean_prefix(path_prefix)
+        self.allow_empty = allow_empty
         self.refreshed: list[dict[str, Any]] = []
         self.missing: list[int] = []
         self.unknown: list[Entry] = []
@@ -235,7 +243,9 @@ class Scanner:
             .order_by(key)
         )
         if under:
-            stmt = stmt.where(replicas.c.path.startswith(under + "/", autoescape=True))
+            # substr, not LIKE: SQLite's LIKE ignores case, and paths do not
+            prefix = under + "/"
+            stmt = stmt.where(func.substr(replicas.c.path, 1, len(prefix)) == prefix)
         yield from conn.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
 
     def run(self, walk: Iterator[Entry], under: str) -> None:
@@ -257,6 +267,12 @@ class Scanner:
             while row is not None:
                 self.lost(row)
                 row = next(known, None)
+        if self.report.counts["seen"] == 0 and self.missing and not self.allow_empty:
+            raise ImportUsageError(
+                f"scan {self.report.location}: found no files where the catalog has "
+                f"{len(self.missing)} replicas; is the storage mounted? (nothing was changed; "
+                "if the location really is empty, scan again with --allow-empty)"
+            )
         self.flush(0)
 
     def refresh(self, row: Any, entry: Entry) -> None:
@@ -375,10 +391,13 @@ def scan_location(
     experiment: str | None = None,
     path_prefix: str | None = None,
     on_problem: Callable[[Diagnostic], None] | None = None,
+    allow_empty: bool = False,
 ) -> ScanReport:
+    """`allow_empty`: a walk that finds nothing may mark every replica there missing
+    (without it, that is taken for an unmounted disk and refused)."""
     report = ScanReport(location, on_problem=on_problem)
     under = clean_prefix(under, "--under") or ""
-    scanner = Scanner(engine, location, now, report, experiment, path_prefix)
+    scanner = Scanner(engine, location, now, report, experiment, path_prefix, allow_empty)
     if experiment is not None and experiment not in scanner.writer.experiment_ids:
         raise ImportUsageError(f"experiment {experiment!r} is not in the catalog")
     scanner.run(walk_location(url, under, report), under)

@@ -269,8 +269,7 @@ class FileStore:
         """Files first, so each replica finds its file's id in the same transaction."""
         with self.engine.begin() as conn:
             if self.postgres:
-                # One statement may not upsert a row twice: keep each key's last row.
-                files_ = list({(r[0], r[1]): r for r in files_}.values())
+                # A file's record lists a location once; keep the last if it does not.
                 replicas_ = list({(r[4], r[5], r[0]): r for r in replicas_}.values())
                 execute_arrays(conn, self.file_stmt, FILE_COLUMNS, files_)
                 execute_arrays(conn, self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
@@ -376,8 +375,13 @@ class CatalogWriter:
         self.refresh_ids()
 
     def prepare_files(self, rows: Sequence[FileRow], lines: list[int]) -> FileBatch:
-        """Resolve names to ids. A path twice in one batch needs no care: every row is
-        its own upsert statement (executemany, execute_batch), so the last one wins."""
+        """Resolve names to ids. A path twice in one batch: its last record replaces the
+        earlier one whole, on both databases (one PostgreSQL statement may not upsert a
+        row twice, so the batch has each file once)."""
+        if len({(r[0], r[1]) for r in rows}) < len(rows):
+            last = {(r[0], r[1]): i for i, r in enumerate(rows)}
+            keep = sorted(last.values())
+            rows, lines = [rows[i] for i in keep], [lines[i] for i in keep]
         experiment_ids = self.experiment_ids
         location_ids = self.location_ids
         now = self.now

@@ -104,7 +104,7 @@ def test_missing_replica_that_reappears_is_present_again(site_dir: Path, engine:
         ),
     ]
     cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", records))
-    cli("catalog", "import", "scan", "tape")
+    cli("catalog", "import", "scan", "tape", "--allow-empty")
     assert catalog_replicas(engine)[("Smith-Mar18", "a.h5", "tape")]["state"] == "missing"
     put(tape, path, b"ab")
     cli("catalog", "import", "scan", "tape")
@@ -145,7 +145,7 @@ def test_scan_marks_missing_only_under_the_scanned_folder(site_dir: Path, engine
     ]
     cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", records))
     (site_dir / "storage" / "voyager" / "8IDI").mkdir()
-    cli("catalog", "import", "scan", "voyager", "--under", "8IDI")
+    cli("catalog", "import", "scan", "voyager", "--under", "8IDI", "--allow-empty")
     reps = catalog_replicas(engine)
     assert reps[("Smith-Mar18", "a.h5", "voyager")]["state"] == "missing"
     assert reps[("Smith-Mar18", "b.h5", "voyager")]["state"] == "present"
@@ -215,7 +215,7 @@ def test_under_and_path_prefix_cannot_leave_the_location(site_dir: Path, engine:
         "catalog", "import", "scan", "daq-8idi", "--under", "../..", "--experiment", "Smith-Mar18"
     )
     assert outside.exit_code == 1
-    assert "--under '../..' must not contain '.' or '..'" in outside.output
+    assert "--under '../..' must not contain '.', '..' or '//'" in outside.output
     absolute = cli(
         "catalog",
         "import",
@@ -242,3 +242,37 @@ def test_names_that_are_not_utf8_are_skipped_with_a_warning(site_dir: Path, engi
     assert result.exit_code == 0, result.output
     assert "the name is not valid UTF-8; skipped" in result.output
     assert set(catalog_files(engine)) == {("Smith-Mar18", "ok.tif")}
+
+
+def test_an_empty_mount_point_is_not_taken_for_an_empty_location(
+    site_dir: Path, engine: Engine
+) -> None:
+    records = [
+        SMITH,
+        file_record("a.h5", replicas=[{"location": "tape", "path": "8IDI/Smith-Mar18/a.h5"}]),
+    ]
+    cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", records))
+    result = cli("catalog", "import", "scan", "tape")  # the folder exists, but holds nothing
+    assert result.exit_code == 1
+    assert (
+        "found no files where the catalog has 1 replicas; is the storage mounted?" in result.output
+    )
+    assert catalog_replicas(engine)[("Smith-Mar18", "a.h5", "tape")]["state"] == "present"
+    accepted = cli("catalog", "import", "scan", "tape", "--allow-empty")
+    assert accepted.exit_code == 0, accepted.output
+    assert catalog_replicas(engine)[("Smith-Mar18", "a.h5", "tape")]["state"] == "missing"
+
+
+def test_under_compares_case_exactly(site_dir: Path, engine: Engine) -> None:
+    records = [
+        SMITH,
+        file_record("x.h5", replicas=[{"location": "voyager", "path": "E1/Data/x.h5"}]),
+        file_record("y.h5", replicas=[{"location": "voyager", "path": "E1/data/y.h5"}]),
+    ]
+    cli("catalog", "import", "jsonl", write_jsonl(site_dir / "c.jsonl", records))
+    put(site_dir / "storage" / "voyager", "E1/data/y.h5", b"y")
+    put(site_dir / "storage" / "voyager", "E1/Data/x.h5", b"x")
+    assert cli("catalog", "import", "scan", "voyager", "--under", "E1/data").exit_code == 0
+    reps = catalog_replicas(engine)
+    assert reps[("Smith-Mar18", "x.h5", "voyager")]["state"] == "present"
+    assert reps[("Smith-Mar18", "y.h5", "voyager")]["state"] == "present"
