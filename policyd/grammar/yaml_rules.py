@@ -1,0 +1,902 @@
+"""The YAML front end of the rules language (spec/rules.md section 6).
+
+Some beamline managers keep their rules as YAML, next to the rest of their station
+configuration, and `policyd convert` moves rules between the two forms. Both forms must
+therefore load into exactly the same AST as `parse_policy` builds for the DSL, and a
+mistake in a YAML file must be reported at its line and column just as in a `.policy`
+file, including a mistake inside an expression string (`where: 'file.size >> 1'`). So:
+
+* YAML is read with ruamel's round-trip loader as YAML 1.2 (via `yamlsource`), which
+  records the position of every key and value;
+* every expression string, and every literal written as YAML (`until: 80%`,
+  `every: 365 days`, `copies: 2`), is parsed by the DSL's own expression grammar
+  (`parse_expression`), so the two forms cannot disagree on a unit or an operator;
+* which clause keys a verb takes, and which it requires, follow policy.lark: the keys
+  the grammar puts in a verb's head are required (`where` for the file verbs, `when`
+  for alarm, `perms` for grant, `workflow` for run), the others are optional, as the
+  DSL parser leaves the spec's other "required clauses" to the checker.
+
+Column mapping. ruamel gives the position where a scalar starts; this module finds the
+position of every character of the scalar's value in the source (skipping the opening
+quote, `''` in single-quoted scalars, backslash escapes in double-quoted ones, and the
+line breaks and indentation that folding removes). When the value sits on one line
+character for character, the expression is parsed with `parse_expression`'s line and
+column offsets; otherwise it is parsed at offset 0 and every span of the result is
+mapped back through that character map. Limits, all "best effort, never a crash":
+block scalars (`|`, `>`) map non-blank characters exactly, but a span starting on the
+extra indentation of a more-indented line may point a few columns early; a value
+reached through an alias (`*name`) points into the anchored node; a value that could
+not be aligned with its source (a tag, an unusual escape) points at the scalar's start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from policyd.diagnostics import Diagnostic, DiagnosticError, Span, sorted_diagnostics
+from policyd.grammar import ast
+from policyd.grammar.dsl import RESERVED_WORDS, VERBS, parse_expression
+from policyd.units import DURATION_FORMS, PERCENT_FORMS
+from policyd.yamlsource import parse_yaml
+
+__all__ = ["CLAUSE_KEYS", "RULE_KEYS", "TOP_KEYS", "parse_yaml_rules"]
+
+#: The keys of a rule file's top-level mapping; `version` is required.
+TOP_KEYS = ("version", "station", "rules")
+#: The keys of a rule besides its verb; `name` is required.
+RULE_KEYS = ("name", "priority", "schedule", "disabled")
+
+#: Per verb: (required clause keys, optional clause keys), as policy.lark has them.
+CLAUSE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "place": (("where",), ("on", "at")),
+    "replicate": (("where",), ("copies", "on")),
+    "archive": (("where",), ("to", "release_from", "notify_before")),
+    "release": (("where",), ("from", "when", "until", "order_by", "notify_before")),
+    "expire": (("where",), ("notify_before",)),
+    "protect": (("where",), ()),
+    "alarm": (("when",), ("clear_when", "notify", "severity", "for")),
+    "grant": (("perms",), ("principals", "at", "while")),
+    "run": (("workflow",), ("where", "with")),
+    "verify": ((), ("where", "on", "every", "sample")),
+}
+_LIST_VERBS = ("alarm", "grant")
+_ALL_CLAUSES = frozenset(k for req, opt in CLAUSE_KEYS.values() for k in (*req, *opt))
+
+# A DSL name that needs no quotes (policy.lark's NAME), and an expression identifier.
+_BARE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How a non-text plain scalar (`2`, `-5`, `1.5`, `true`) is written in the source.
+_PLAIN_TOKEN = re.compile(r"[^\s,\[\]{}#]+")
+# `schedule:` holds a duration when it looks like a number and a unit, else a cron text.
+_DURATION_LIKE = re.compile(r"\s*[0-9.]+\s*[A-Za-z]*\s*")
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # what ruamel counts as one
+_SEVERITIES = ("info", "warning", "critical")
+_PERMS = ("read", "write")
+_PRINCIPAL_FORMS = ("experiment.users", "user:NAME", "group:NAME")
+_PRINCIPAL = re.compile(r"(user|group):[ \t]*(\S.*)", re.DOTALL)
+
+NodeT = TypeVar("NodeT")
+
+
+class _Skip(Exception):
+    """A value could not be read; its diagnostic is already recorded."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One value of the tree and where it is: a mapping value or a list item."""
+
+    key: str  # how messages name it: the key, or `notify[1]` for a list item
+    value: Any
+    key_span: Span  # the key (a list item's own position for items)
+    span: Span  # where the value starts
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A scalar's value as text, with the source offsets of each of its characters.
+
+    `starts[i]`/`ends[i]` are the offsets in the file of the source characters that
+    produced character i (an escape is several), `end` is just past the scalar.
+    """
+
+    text: str
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class _Source:
+    """The file's text, with line starts counted the way ruamel counts lines."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.text = text
+        self.file = file
+        self.line_starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+
+    def offset(self, line: int, col: int) -> int:
+        """The offset of a 1-based line and column, clamped to the text."""
+        index = min(max(line, 1), len(self.line_starts)) - 1
+        return min(self.line_starts[index] + max(col, 1) - 1, len(self.text))
+
+    def position(self, offset: int) -> tuple[int, int]:
+        lo, hi = 0, len(self.line_starts) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.line_starts[mid] <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo + 1, offset - self.line_starts[lo] + 1
+
+    def span(self, start: int, end: int) -> Span:
+        line, col = self.position(start)
+        end_line, end_col = self.position(max(end, start))
+        return Span(self.file, line, col, end_line, end_col)
+
+    # -- where a scalar's characters are
+
+    def align(self, value: str, begin: int) -> _Text:
+        """Find each character of `value` in the source, from the scalar's first offset."""
+        src = self.text
+        n = len(src)
+        style = src[begin] if begin < n and src[begin] in "'\"|>" else ""
+        p = begin + 1 if style in ("'", '"') else begin
+        if style in ("|", ">"):  # the content starts on the line after the header
+            found = _LINE_BREAK.search(src, begin)
+            p = found.end() if found else n
+        starts: list[int] = []
+        ends: list[int] = []
+        i = 0
+        while i < len(value):
+            ch = value[i]
+            if p >= n:
+                starts.append(n)
+                ends.append(n)
+                i += 1
+                continue
+            here = src[p]
+            if style == '"' and here == "\\":
+                following = src[p + 1] if p + 1 < n else ""
+                if following in "\r\n":  # an escaped line break: no character of its own
+                    p = self._skip_space(p + 1)
+                    continue
+                width = {"x": 4, "u": 6, "U": 10}.get(following, 2)
+                starts.append(p)
+                ends.append(min(p + width, n))
+                p = min(p + width, n)
+            elif style == "'" and ch == "'" and src.startswith("''", p):
+                starts.append(p)
+                ends.append(p + 2)
+                p += 2
+            elif here == ch:
+                starts.append(p)
+                ends.append(p + 1)
+                p += 1
+            elif ch in " \n" and here in " \t\r\n\x85\u2028\u2029":
+                starts.append(p)  # a line break folded into a space (or kept)
+                ends.append(p + 1)
+                p = self._skip_space(p)
+            elif here in " \t\r\n\x85\u2028\u2029":
+                p = self._skip_space(p)  # indentation: try the same character again
+                continue
+            else:  # an anchor, a tag, something unforeseen: look a little further
+                found_at = src.find(ch, p, p + 200)
+                if found_at >= 0:
+                    p = found_at
+                    continue
+                starts.append(p)
+                ends.append(p)
+            i += 1
+        end = p + 1 if style in ("'", '"') and p < n and src[p] == style else p
+        return _Text(value, tuple(starts), tuple(ends), begin, end)
+
+    def _skip_space(self, p: int) -> int:
+        while p < len(self.text) and self.text[p] in " \t\r\n\x85\u2028\u2029":
+            p += 1
+        return p
+
+
+def _remap(node: NodeT, change: Callable[[Span], Span]) -> NodeT:
+    """`node` with every Span in it (AST nodes, diagnostics) replaced by `change(span)`."""
+    if isinstance(node, Span):
+        return change(node)  # type: ignore[return-value]
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        updates = {f.name: _remap(getattr(node, f.name), change) for f in dataclasses.fields(node)}
+        return dataclasses.replace(node, **updates)  # type: ignore[type-var]
+    if isinstance(node, tuple):
+        return tuple(_remap(item, change) for item in node)  # type: ignore[return-value]
+    if isinstance(node, list):
+        return [_remap(item, change) for item in node]  # type: ignore[return-value]
+    return node
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "ScalarBoolean"
+
+
+def _describe(value: Any, raw: str | None = None) -> str:
+    if value is None:
+        return "nothing"
+    if _is_bool(value):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    shown = raw if raw is not None else str(value)
+    return shown if isinstance(value, int | float) else repr(shown)
+
+
+def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Reader:
+    """Walks the loaded tree once, building AST nodes and collecting every mistake."""
+
+    def __init__(self, source: _Source) -> None:
+        self.src = source
+        self.file = source.file
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, message, span, hint=hint))
+
+    # -- positions
+
+    def _at(self, line0: int, col0: int) -> Span:
+        offset = self.src.offset(line0 + 1, col0 + 1)
+        return self.src.span(offset, offset)
+
+    def _node_span(self, node: Any, fallback: Span) -> Span:
+        if isinstance(node, CommentedMap | CommentedSeq) and node.lc.line is not None:
+            return self._at(node.lc.line, node.lc.col or 0)
+        return fallback
+
+    def entries(self, mapping: CommentedMap, fallback: Span) -> Iterator[_Entry]:
+        """Each key of a mapping with its value and positions (unknown ones: the parent's)."""
+        for key, value in mapping.items():
+            key_span = span = self._node_span(mapping, fallback)
+            try:
+                k_line, k_col, v_line, v_col = mapping.lc.data[key]
+                key_span = self._at(k_line, k_col)
+                span = key_span if value is None and v_line > k_line else self._at(v_line, v_col)
+            except (KeyError, TypeError, ValueError):
+                pass  # a key merged in with `<<:` has no position of its own
+            name = "true" if key is True else "false" if key is False else str(key)
+            yield _Entry(name, value, key_span, span)
+
+    def items(self, entry: _Entry) -> list[_Entry]:
+        """The items of a list value; a single value stands for a list of one."""
+        if not isinstance(entry.value, list):
+            return [entry]
+        out = []
+        for index, value in enumerate(entry.value):
+            span = entry.span
+            try:
+                line, col = entry.value.lc.data[index]
+                span = self._at(line, col)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                pass
+            out.append(_Entry(f"{entry.key}[{index}]", value, span, span))
+        return out
+
+    def mapping(
+        self, entry: _Entry, allowed: tuple[str, ...], where: str, hint: str | None = None
+    ) -> dict[str, _Entry]:
+        """A mapping's entries by key; unknown keys are reported and left out."""
+        if not isinstance(entry.value, dict):
+            self.wrong_type(entry, "a mapping (key: value)")
+            raise _Skip
+        known: dict[str, _Entry] = {}
+        for item in self.entries(entry.value, entry.span):
+            if item.key in allowed:
+                known[item.key] = item
+                continue
+            key_hint = hint or f"{where} takes: {', '.join(sorted(allowed))}"
+            if item.key in ("true", "false") and not isinstance(_raw_key(entry.value, item), str):
+                key_hint = (
+                    "this key was read as a boolean; a %YAML 1.1 directive makes `on`, `yes` "
+                    "and `no` booleans, while rule files are YAML 1.2: remove the directive"
+                )
+            self.error(
+                "unknown-key",
+                f"unknown key {item.key!r} in {where}{_suggest(item.key, allowed)}",
+                item.key_span,
+                hint=key_hint,
+            )
+        return known
+
+    def wrong_type(self, entry: _Entry, expected: str, raw: str | None = None) -> None:
+        self.error(
+            "wrong-type",
+            f"{entry.key!r} expects {expected}, got {_describe(entry.value, raw)}",
+            entry.span,
+        )
+
+    # -- scalars
+
+    def text_of(self, entry: _Entry) -> _Text:
+        """The scalar as the text the DSL grammar reads: a string, or a number as written."""
+        value = entry.value
+        begin = self.src.offset(entry.span.line, entry.span.col)
+        if isinstance(value, str):
+            return self.src.align(str(value), begin)
+        if value is None or isinstance(value, dict | list):
+            raise TypeError("not a scalar")
+        written = _PLAIN_TOKEN.match(self.src.text, begin)
+        token = written.group(0) if written else ""
+        if not token or token[0] in "*&!":
+            token = ("true" if value else "false") if _is_bool(value) else str(value)
+        return self.src.align(token, begin)
+
+    def scalar_span(self, text: _Text) -> Span:
+        return self.src.span(text.begin, text.end)
+
+    def expression(self, entry: _Entry, what: str = "an expression") -> ast.Expr:
+        """Parse a scalar with the DSL's expression grammar, spans in this file."""
+        if entry.value is None or isinstance(entry.value, dict | list):
+            self.wrong_type(entry, f"{what} (text)")
+            raise _Skip
+        text = self.text_of(entry)
+        node, diagnostics = self._parse_expression(text)
+        self.diagnostics.extend(diagnostics)
+        if node is None:
+            raise _Skip
+        return node
+
+    def _parse_expression(self, text: _Text) -> tuple[ast.Expr | None, list[Diagnostic]]:
+        value = text.text
+        if value:
+            first = text.starts[0]
+            shifted = (
+                text.starts == tuple(range(first, first + len(value)))
+                and text.ends == tuple(range(first + 1, first + len(value) + 1))
+                and _LINE_BREAK.search(self.src.text, first, first + len(value)) is None
+            )
+            if shifted:
+                line, col = self.src.position(first)
+                return parse_expression(value, self.file, line - 1, col - 1)
+        node, diagnostics = parse_expression(value, self.file)
+        line_starts = [0] + [m.end() for m in re.finditer("\n", value)]
+
+        def index(line: int, col: int) -> int:
+            line = min(max(line, 1), len(line_starts))
+            return min(max(line_starts[line - 1] + col - 1, 0), len(value))
+
+        def change(span: Span) -> Span:
+            if span.line <= 0:
+                return Span(self.file, *self.src.position(text.begin))
+            first = index(span.line, span.col)
+            last = index(span.end_line, span.end_col) if span.end_line > 0 else first
+            start = text.starts[first] if first < len(value) else text.end
+            end = text.ends[last - 1] if 0 < last <= len(value) else start
+            return self.src.span(start, max(start, end))
+
+        return _remap(node, change), _remap(diagnostics, change)
+
+    def literal(self, entry: _Entry, kind: str) -> ast.Literal:
+        """A literal clause value (`80%`, `7 days`, `2`), read by the expression grammar."""
+        phrases = {
+            "duration": ("a duration such as '7 days'", DURATION_FORMS),
+            "percent": ("a percentage such as '80%'", PERCENT_FORMS),
+            "number": ("a whole number", None),
+        }
+        expected, hint = phrases[kind]
+        if entry.value is None or isinstance(entry.value, dict | list) or _is_bool(entry.value):
+            self.wrong_type(entry, expected)
+            raise _Skip
+        node = self.expression(entry, expected)
+        if not isinstance(node, ast.Literal) or node.kind != kind:
+            self.error(
+                "wrong-type",
+                f"{entry.key!r} expects {expected}, "
+                f"got {_describe(entry.value, self.text_of(entry).text)}",
+                entry.span,
+                hint=hint,
+            )
+            raise _Skip
+        return node
+
+    def integer(self, entry: _Entry, what: str, *, negative: bool) -> ast.Literal:
+        """A whole number; the messages are those of the DSL for the same mistakes."""
+        node = self.literal(entry, "number")
+        if isinstance(node.value, float):
+            raw = self.text_of(entry).text
+            self.error("not-an-integer", f"{what} is a whole number, not {raw}", node.span)
+            raise _Skip
+        if not negative and isinstance(node.value, int) and node.value < 0:
+            self.wrong_type(entry, "a whole number, not a negative one")
+            raise _Skip
+        return node
+
+    def name(self, entry: _Entry, *, quoted: bool = False, skip: int = 0) -> ast.Name:
+        """A name in a clause position; YAML needs no quotes for reserved words.
+
+        `quoted` records what the DSL would write: True where the DSL needs quotes (a
+        reserved word, a name that is not letters, digits, `_` and `-`) and where the
+        spec writes the name quoted (`user "NAME"`, `group "NAME"`, `tier "disk"`), so
+        both forms give equal nodes. `skip` drops a prefix such as `user:`.
+        """
+        value = entry.value
+        if _is_bool(value) or not isinstance(value, str | int):
+            self.wrong_type(entry, "a name")
+            raise _Skip
+        text = self.text_of(entry)
+        name = text.text[skip:]
+        if "\n" in name or "\r" in name:
+            self.error("bad-value", f"{entry.key!r}: a name cannot span lines", entry.span)
+            raise _Skip
+        if skip and skip < len(text.starts):
+            span = self.src.span(text.starts[skip], text.end)
+        else:
+            span = self.scalar_span(text)
+        bare = _BARE_NAME.fullmatch(name) is not None and name not in RESERVED_WORDS
+        return ast.Name(name, quoted or not bare, span)
+
+    def names(self, entry: _Entry) -> tuple[ast.Name, ...]:
+        return tuple(self.name(item) for item in self.items(entry))
+
+    def choice(self, entry: _Entry, allowed: tuple[str, ...]) -> tuple[str, Span]:
+        if not isinstance(entry.value, str):
+            self.wrong_type(entry, "one of " + ", ".join(allowed))
+            raise _Skip
+        text = self.text_of(entry)
+        if entry.value not in allowed:
+            self.error(
+                "bad-value",
+                f"{entry.key!r} is one of {', '.join(allowed)}, not {str(entry.value)!r}"
+                + _suggest(str(entry.value), allowed),
+                entry.span,
+            )
+            raise _Skip
+        return str(entry.value), self.scalar_span(text)
+
+    # -- the file
+
+    def top(self, tree: Any) -> ast.File | None:
+        whole = self.src.span(0, len(self.src.text))
+        top = _Entry("the file", tree, whole, Span(self.file, 1, 1))
+        if not isinstance(tree, dict):
+            self.error(
+                "wrong-type",
+                f"a rule file is a mapping with version, station and rules, got {_describe(tree)}",
+                Span(self.file, 1, 1),
+            )
+            return None
+        keys = self.mapping(top, TOP_KEYS, "the file")
+        if "version" not in keys:
+            self.error("missing-key", "missing required top-level key 'version'", top.span)
+        else:
+            version = keys["version"]
+            if _is_bool(version.value) or version.value != 1:
+                self.error(
+                    "bad-value",
+                    f"'version' must be 1, got {_describe(version.value)}",
+                    version.span,
+                    hint="this version of policyd reads rule files of version 1",
+                )
+        station = self._optional(keys.get("station"), self.name)
+        rules: list[ast.Rule] = []
+        if "rules" in keys:
+            entry = keys["rules"]
+            if not isinstance(entry.value, list):
+                self.wrong_type(entry, "a list of rules")
+            else:
+                for item in self.items(entry):
+                    rule = self._optional(item, self.rule)
+                    if rule is not None:
+                        rules.append(rule)
+        if self.diagnostics:
+            return None
+        return ast.File(station, tuple(rules), whole)
+
+    def _optional(self, entry: _Entry | None, read: Callable[[_Entry], NodeT]) -> NodeT | None:
+        if entry is None:
+            return None
+        try:
+            return read(entry)
+        except _Skip:
+            return None
+
+    def rule(self, entry: _Entry) -> ast.Rule:
+        label = "a rule"
+        if isinstance(entry.value, dict) and isinstance(entry.value.get("name"), str):
+            label = f"rule {entry.value['name']!r}"
+        keys = self.mapping(
+            entry,
+            (*RULE_KEYS, *sorted(VERBS)),
+            label,
+            hint=f"a rule takes {', '.join(RULE_KEYS)} and one verb: {', '.join(sorted(VERBS))}"
+            + "; clauses go under the verb",
+        )
+        start = self._node_span(entry.value, entry.span)
+        name = self._optional(keys.get("name"), self.name)
+        if "name" not in keys:
+            self.error("missing-key", f"missing required key 'name' in {label}", start)
+        priority = self._optional(
+            keys.get("priority"), lambda e: self.integer(e, "a priority", negative=True)
+        )
+        schedule = self._optional(keys.get("schedule"), self.schedule)
+        disabled = False
+        if "disabled" in keys:
+            flag = keys["disabled"]
+            if _is_bool(flag.value):
+                disabled = bool(flag.value)
+            else:
+                self.wrong_type(flag, "true or false")
+        verbs = [keys[k] for k in keys if k in VERBS]
+        verbs.sort(key=lambda e: (e.key_span.line, e.key_span.col))
+        for extra in verbs[1:]:
+            self.error(
+                "two-verbs",
+                f"a rule has one verb; {extra.key!r} follows {verbs[0].key!r}",
+                extra.key_span,
+                hint="alarm and grant take a list for several statements; "
+                "start another rule for another verb",
+            )
+        statements: tuple[ast.Statement, ...] = ()
+        if not verbs:
+            if len(keys) == len(entry.value):  # a misspelt verb is already reported
+                self.error(
+                    "missing-key",
+                    f"{label} has no verb; expected one of: {', '.join(sorted(VERBS))}",
+                    start,
+                )
+        else:
+            statements = self._optional(verbs[0], self.statements) or ()
+        if name is None or self.diagnostics:
+            raise _Skip
+        end = max((s.span for s in statements), key=lambda s: (s.end_line, s.end_col))
+        span = Span(self.file, start.line, start.col, end.end_line, end.end_col)
+        return ast.Rule(name, priority, statements, schedule, disabled, span)
+
+    def schedule(self, entry: _Entry) -> ast.Literal:
+        """A duration (`1 day`) or a cron text (`"0 3 * * *"`)."""
+        value = entry.value
+        if isinstance(value, int | float) and not _is_bool(value):
+            return self.literal(entry, "duration")
+        if not isinstance(value, str):
+            self.wrong_type(entry, "a duration or a cron text")
+            raise _Skip
+        if _DURATION_LIKE.fullmatch(value):
+            return self.literal(entry, "duration")
+        return ast.Literal("text", str(value), self.scalar_span(self.text_of(entry)))
+
+    # -- statements
+
+    def statements(self, entry: _Entry) -> tuple[ast.Statement, ...]:
+        verb = entry.key
+        if verb in _LIST_VERBS:
+            if entry.value is None:
+                self.wrong_type(entry, "a list of mappings")
+                raise _Skip
+            items = self.items(entry)
+            if not items:
+                self.error("missing-key", f"{verb!r} needs at least one {verb}", entry.span)
+                raise _Skip
+        else:
+            items = [entry]
+        out = []
+        for item in items:
+            statement = self._optional(item, lambda e, verb=verb: self.statement(verb, e))
+            if statement is not None:
+                out.append(statement)
+        if len(out) != len(items):
+            raise _Skip
+        return tuple(out)
+
+    def statement(self, verb: str, entry: _Entry) -> ast.Statement:
+        required, optional = CLAUSE_KEYS[verb]
+        allowed = (*required, *optional)
+        hint = f"{verb} takes: {', '.join(allowed) if allowed else 'no clauses'}"
+        clauses = self.mapping(entry, allowed, repr(verb), hint=hint)
+        where_missing = entry.key_span if entry.key == verb else entry.span
+        written = [e.key for e in self.entries(entry.value, entry.span)]
+        for key in required:
+            # A misspelt key (`wher`) is reported once, as unknown, with this suggestion.
+            misspelt = any(
+                difflib.get_close_matches(w, list(allowed), n=1) == [key]
+                for w in written
+                if w not in allowed
+            )
+            if key not in clauses and not misspelt:
+                self.error(
+                    "missing-key", f"missing required key {key!r} in {verb!r}", where_missing
+                )
+        before = len(self.diagnostics)
+        values: dict[str, Any] = {}
+        for key, clause in clauses.items():
+            values[key] = self._optional(clause, lambda e, v=verb: self.clause(v, e))
+        if len(self.diagnostics) != before or any(k not in clauses for k in required):
+            raise _Skip
+        spans = [entry.key_span, *(self._end_of(c) for c in clauses.values())]
+        start = entry.key_span
+        last = max(spans, key=lambda s: (s.end_line, s.end_col))
+        span = Span(self.file, start.line, start.col, last.end_line, last.end_col)
+        return _build(verb, values, span)
+
+    def _end_of(self, entry: _Entry) -> Span:
+        """Roughly where a clause value ends: its last scalar, for a statement's span."""
+        value = entry.value
+        if isinstance(value, dict) and value:
+            return max(
+                (self._end_of(e) for e in self.entries(value, entry.span)),
+                key=lambda s: (s.end_line, s.end_col),
+            )
+        if isinstance(value, list) and value:
+            return max(
+                (self._end_of(e) for e in self.items(entry)),
+                key=lambda s: (s.end_line, s.end_col),
+            )
+        if value is None or isinstance(value, dict | list):
+            return entry.span
+        return self.scalar_span(self.text_of(entry))
+
+    def clause(self, verb: str, entry: _Entry) -> Any:
+        key = entry.key
+        if key in ("where", "when", "clear_when", "while"):
+            return self.expression(entry)
+        if key == "on":
+            return self.location_set(entry) if verb == "replicate" else self.name(entry)
+        if key == "at":
+            if verb == "place":
+                if not isinstance(entry.value, str):
+                    self.wrong_type(entry, "a path template (text)")
+                    raise _Skip
+                text = self.text_of(entry)
+                return ast.Literal("text", text.text, self.scalar_span(text))
+            return self.name(entry)
+        if key in ("to", "workflow"):
+            return self.name(entry)
+        if key == "copies":
+            return self.integer(entry, "a number of copies", negative=False)
+        if key in ("release_from", "from", "notify"):
+            return self.names(entry)
+        if key == "until" or key == "sample":
+            return self.literal(entry, "percent")
+        if key in ("for", "every"):
+            return self.literal(entry, "duration")
+        if key == "severity":
+            return self.choice(entry, _SEVERITIES)[0]
+        if key == "notify_before":
+            return self.notify_before(entry)
+        if key == "order_by":
+            return self.order_by(entry)
+        if key == "perms":
+            return self.perms(entry)
+        if key == "principals":
+            return tuple(self.principal(item) for item in self.items(entry))
+        if key == "with":
+            return self.with_args(entry)
+        raise AssertionError(f"no reader for clause {key!r}")  # CLAUSE_KEYS and this agree
+
+    # -- structured clause values
+
+    def location_set(self, entry: _Entry) -> ast.LocationSet:
+        """`on`: a name, a list of names, `{tier: T}` or `{where: E}`."""
+        value = entry.value
+        if isinstance(value, dict):
+            keys = self.mapping(entry, ("tier", "where"), "'on'")
+            span = self._node_span(value, entry.span)
+            if len(keys) != 1:
+                self.error(
+                    "bad-value" if keys else "missing-key",
+                    "'on' takes one of 'tier' or 'where'",
+                    span,
+                    hint="`on: {tier: disk}` or `on: {where: 'location.site == \"aps\"'}`",
+                )
+                raise _Skip
+            if "tier" in keys:
+                tier = self.name(keys["tier"], quoted=True)
+                return ast.LocationTier(tier, _join(self.file, span, tier.span))
+            query = self.expression(keys["where"])
+            return ast.LocationQuery(query, _join(self.file, span, query.span))
+        names = self.names(entry)
+        if not names:
+            self.error("bad-value", "'on' needs at least one location", entry.span)
+            raise _Skip
+        return ast.LocationNames(names, _join(self.file, names[0].span, names[-1].span))
+
+    def notify_before(self, entry: _Entry) -> ast.NotifyBefore:
+        keys = self.mapping(entry, ("channel", "before"), "'notify_before'")
+        missing = [k for k in ("channel", "before") if k not in keys]
+        for key in missing:
+            self.error(
+                "missing-key", f"missing required key {key!r} in 'notify_before'", entry.key_span
+            )
+        channel = self._optional(keys.get("channel"), self.name)
+        before = self._optional(keys.get("before"), lambda e: self.literal(e, "duration"))
+        if channel is None or before is None:
+            raise _Skip
+        start = self._node_span(entry.value, entry.span)
+        return ast.NotifyBefore(channel, before, _join(self.file, start, before.span))
+
+    def order_by(self, entry: _Entry) -> ast.OrderBy:
+        """`{expr: E, desc: true}`; a bare expression is accepted for `{expr: E}`."""
+        if not isinstance(entry.value, dict):
+            expr = self.expression(entry)
+            return ast.OrderBy(expr, False, expr.span)
+        keys = self.mapping(entry, ("expr", "desc"), "'order_by'")
+        if "expr" not in keys:
+            self.error("missing-key", "missing required key 'expr' in 'order_by'", entry.key_span)
+            raise _Skip
+        expr = self.expression(keys["expr"])
+        descending = False
+        if "desc" in keys:
+            if not _is_bool(keys["desc"].value):
+                self.wrong_type(keys["desc"], "true or false")
+                raise _Skip
+            descending = bool(keys["desc"].value)
+        start = self._node_span(entry.value, entry.span)
+        return ast.OrderBy(expr, descending, _join(self.file, start, expr.span))
+
+    def perms(self, entry: _Entry) -> tuple[str, ...]:
+        items = self.items(entry)
+        if not items:
+            self.error("bad-value", "'perms' needs read, write or both", entry.span)
+            raise _Skip
+        return tuple(self.choice(item, _PERMS)[0] for item in items)
+
+    def principal(self, entry: _Entry) -> ast.Principal:
+        """`experiment.users`, `user:NAME` or `group:NAME` (also `{user: NAME}`)."""
+        value = entry.value
+        if isinstance(value, dict) and len(value) == 1:
+            ((item,),) = [list(self.entries(value, entry.span))]
+            if item.key in ("user", "group"):
+                name = self.name(item, quoted=True)
+                kind = "user" if item.key == "user" else "group"
+                return ast.Principal(kind, name, _join(self.file, item.key_span, name.span))
+        if isinstance(value, str):
+            text = self.text_of(entry)
+            span = self.scalar_span(text)
+            if value == "experiment.users":
+                return ast.Principal("experiment-users", None, span)
+            found = _PRINCIPAL.fullmatch(value)
+            if found:
+                name = self.name(entry, quoted=True, skip=found.start(2))
+                kind = "user" if found.group(1) == "user" else "group"
+                return ast.Principal(kind, name, span)
+        shown = _describe(value, str(value) if isinstance(value, str) else None)
+        self.error(
+            "bad-value",
+            f"a principal is one of {', '.join(_PRINCIPAL_FORMS)}, not {shown}"
+            + (_suggest(str(value), ("experiment.users",)) if isinstance(value, str) else ""),
+            entry.span,
+        )
+        raise _Skip
+
+    def with_args(self, entry: _Entry) -> tuple[ast.KeywordArgument, ...]:
+        """`with: {qmap: experiment.meta.qmap}`: each value is an expression."""
+        if not isinstance(entry.value, dict):
+            self.wrong_type(entry, "a mapping of names to expressions")
+            raise _Skip
+        out = []
+        bad = False
+        for item in self.entries(entry.value, entry.span):
+            if not isinstance(_raw_key(entry.value, item), str) or not _IDENT.fullmatch(item.key):
+                self.error(
+                    "bad-value",
+                    f"{item.key!r} is not a variable name; write letters, digits and _",
+                    item.key_span,
+                )
+                bad = True
+                continue
+            value = self._optional(item, self.expression)
+            if value is None:
+                bad = True
+                continue
+            out.append(
+                ast.KeywordArgument(item.key, value, _join(self.file, item.key_span, value.span))
+            )
+        if bad:
+            raise _Skip
+        return tuple(out)
+
+
+def _raw_key(mapping: dict[Any, Any], entry: _Entry) -> Any:
+    """The key as loaded (a boolean under YAML 1.1, a number, ...), found by its name."""
+    for key in mapping:
+        shown = "true" if key is True else "false" if key is False else str(key)
+        if shown == entry.key:
+            return key
+    return entry.key
+
+
+def _join(file: str, start: Span, end: Span) -> Span:
+    return Span(file, start.line, start.col, end.end_line or end.line, end.end_col or end.col)
+
+
+def _build(verb: str, v: dict[str, Any], span: Span) -> ast.Statement:
+    """The statement node of `verb` from its clause values (the DSL's defaults for the rest)."""
+    g = v.get
+    match verb:
+        case "place":
+            return ast.Place(v["where"], g("on"), g("at"), span)
+        case "replicate":
+            return ast.Replicate(v["where"], g("copies"), g("on"), span)
+        case "archive":
+            return ast.Archive(v["where"], g("to"), g("release_from", ()), g("notify_before"), span)
+        case "release":
+            return ast.Release(
+                v["where"],
+                g("from", ()),
+                g("when"),
+                g("until"),
+                g("order_by"),
+                g("notify_before"),
+                span,
+            )
+        case "expire":
+            return ast.Expire(v["where"], g("notify_before"), span)
+        case "protect":
+            return ast.Protect(v["where"], span)
+        case "alarm":
+            return ast.Alarm(
+                v["when"], g("clear_when"), g("notify", ()), g("severity"), g("for"), span
+            )
+        case "grant":
+            # YAML has no `on experiment directory` clause: a grant always applies there.
+            return ast.Grant(v["perms"], g("principals", ()), True, g("at"), g("while"), span)
+        case "run":
+            return ast.Run(v["workflow"], g("where"), g("with", ()), span)
+        case _:
+            return ast.Verify(g("where"), g("on"), g("every"), g("sample"), span)
+
+
+def _placed(exc: DiagnosticError, source: _Source) -> list[Diagnostic]:
+    """yamlsource's diagnostics, with a place for the reader's errors (a bad character).
+
+    ruamel reports a character YAML does not allow with its offset, not a mark, so
+    yamlsource cannot place it; the offset is enough to find its line and column.
+    """
+    offset = getattr(exc.__cause__, "position", None)
+    out = []
+    for diagnostic in exc.diagnostics:
+        if (diagnostic.span is None or diagnostic.span.line <= 0) and isinstance(offset, int):
+            line, col = source.position(min(max(offset, 0), len(source.text)))
+            diagnostic = dataclasses.replace(diagnostic, span=Span(source.file, line, col))
+        elif diagnostic.span is None or diagnostic.span.line <= 0:
+            diagnostic = dataclasses.replace(diagnostic, span=Span(source.file, 1, 1))
+        out.append(diagnostic)
+    return out
+
+
+def parse_yaml_rules(text: str, file: str) -> tuple[ast.File | None, list[Diagnostic]]:
+    """The AST of a YAML rule file, or None and every error found in it (sorted).
+
+    The same contract as `parse_policy`: the AST only when there is no error, spans
+    pointing into `file`, and never an exception, whatever the text.
+    """
+    source = text.removeprefix("\ufeff")
+    try:
+        try:
+            tree = parse_yaml(source, file)
+        except DiagnosticError as exc:
+            return None, sorted_diagnostics(_placed(exc, _Source(source, file)))
+        except Exception as exc:  # ruamel raises more than YAMLError on odd input
+            return None, [
+                Diagnostic("yaml-syntax", f"invalid YAML: {type(exc).__name__}", Span(file, 1, 1))
+            ]
+        reader = _Reader(_Source(source, file))
+        result = reader.top(tree)
+        if reader.diagnostics:
+            # A value reached twice through an alias reports its mistakes once.
+            unique = list(dict.fromkeys(reader.diagnostics))
+            return None, sorted_diagnostics(unique)
+        return result, []
+    except RecursionError:
+        return None, [Diagnostic("too-deep", "the input is nested too deeply to read", Span(file))]
+    except Exception as exc:  # the promise is "never a traceback"
+        message = f"internal error while reading YAML rules: {type(exc).__name__}: {exc}"
+        return None, [Diagnostic("internal-error", message, Span(file))]
