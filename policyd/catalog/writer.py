@@ -1,8 +1,11 @@
-"""Batched upserts into the catalog, one code path for SQLite and PostgreSQL.
+"""Batched upserts into the catalog.
 
-Importers hand over validated rows; the writer groups them and sends one
-INSERT ... ON CONFLICT DO UPDATE per table per batch (see catalog.bulk), so the
-cost per record stays flat however large the input is.
+Importers hand over validated rows; the writer groups them into batches and upserts
+each batch with INSERT ... ON CONFLICT DO UPDATE, built with SQLAlchemy Core: on
+SQLite one compiled statement run by the driver's executemany (see catalog.bulk), on
+PostgreSQL one statement per batch reading whole columns from arrays (`unnest`), so
+the cost per record stays flat however large the input is. The update rules (what a
+record that leaves a key out keeps) are the same on both.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ FILE_TYPES = (Integer, Text, Text, Text, BigInteger, Text, Double, Double, JSONB
 REPLICA_BY_PATH_TYPES = (Integer, Text, Text, Double, Integer, Text)
 
 
-def pg_file_upsert(conn: Connection) -> Insert:
+def pg_file_upsert() -> Insert:
     v = unnest(list(zip(FILE_COLUMNS, FILE_TYPES, strict=True)))
     stmt = postgresql.insert(files).from_select(FILE_COLUMNS, select(*v.c))
     return stmt.on_conflict_do_update(
@@ -172,7 +175,7 @@ def pg_file_upsert(conn: Connection) -> Insert:
     )
 
 
-def pg_replica_upsert_by_path(conn: Connection) -> Insert:
+def pg_replica_upsert_by_path() -> Insert:
     v = unnest(list(zip(REPLICA_BY_PATH_COLUMNS, REPLICA_BY_PATH_TYPES, strict=True)))
     source = select(files.c.id, v.c.location_id, v.c.rpath, v.c.state, v.c.verified_at).join_from(
         v, files, and_(files.c.experiment_id == v.c.experiment_id, files.c.path == v.c.path)
@@ -259,8 +262,8 @@ class FileStore:
         self.postgres = engine.dialect.name == "postgresql"
         with engine.connect() as conn:
             if self.postgres:
-                self.file_stmt = pg_file_upsert(conn)
-                self.replica_stmt = pg_replica_upsert_by_path(conn)
+                self.file_stmt = pg_file_upsert()
+                self.replica_stmt = pg_replica_upsert_by_path()
             else:
                 self.file_stmt = file_upsert(conn)
                 self.replica_stmt = replica_upsert_by_path(conn)
