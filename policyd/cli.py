@@ -279,7 +279,7 @@ def catalog_import(
             err.print("... further problems are counted, not shown", highlight=False)
 
     options = ImportOptions(experiment, location, path_prefix, under, database, allow_empty)
-    with reading_progress(source if kind in ("jsonl", "csv", "dm-listing") else None) as bar:
+    with ReadingProgress(source if kind in ("jsonl", "csv", "dm-listing") else None) as bar:
         reports = run_import(
             site.engine,
             kind,
@@ -301,7 +301,7 @@ def catalog_import(
         raise click.exceptions.Exit(1)
 
 
-class reading_progress:
+class ReadingProgress:
     """A progress bar on stderr while an import reads a file, on a terminal only;
     `callback` is what the importer calls with the bytes read so far (None: no bar)."""
 
@@ -312,7 +312,7 @@ class reading_progress:
             self.name = Path(source).name
         self.callback: Callable[[int], None] | None = None
 
-    def __enter__(self) -> reading_progress:
+    def __enter__(self) -> ReadingProgress:
         if self.size:
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
