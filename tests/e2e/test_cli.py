@@ -119,3 +119,20 @@ def test_unreachable_catalog_database_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot use the catalog database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_import_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    assert run("init", root).returncode == 0
+    source = root / "big.jsonl"
+    experiment = {"record": "experiment", "name": "E1", "station": "8IDI"}
+    rows = [
+        {"record": "file", "experimentName": "E1", "experimentFilePath": f"f{i}", "fileSize": i}
+        for i in range(30000)
+    ]
+    source.write_text("\n".join(json.dumps(r) for r in [experiment, *rows]) + "\n")
+    shown = run("catalog", "import", "jsonl", source, cwd=root, env={"TTY_COMPATIBLE": "1"})
+    assert shown.returncode == 0, shown.stderr
+    assert "importing big.jsonl" in shown.stderr
+    quiet = run("catalog", "import", "jsonl", source, cwd=root)
+    assert "importing" not in quiet.stderr
