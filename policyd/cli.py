@@ -386,6 +386,26 @@ def catalog_stats(config: Path | None, experiment: str | None, fmt: str) -> None
         out.print(table)
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("what", type=click.Choice(["rules", "config"]))
+def schema(what: str) -> None:
+    """Print the JSON Schema of YAML rule files or of policyd.yaml, for editors.
+
+    \b
+    Example (VS Code with the YAML extension, in .vscode/settings.json):
+      policyd schema rules > .schemas/policyd-rules.json
+      "yaml.schemas": {".schemas/policyd-rules.json": "rules/*.yaml"}
+    """
+    if what == "rules":
+        from policyd.rules.yaml_schema import rules_json_schema
+
+        emit_json(rules_json_schema())
+    else:
+        from policyd.stations.config import config_json_schema
+
+        emit_json(config_json_schema())
+
+
 def format_stat(value: Any) -> str:
     if value is None:
         return ""

@@ -136,3 +136,12 @@ def test_an_import_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     assert "importing big.jsonl" in shown.stderr
     quiet = run("catalog", "import", "jsonl", source, cwd=root)
     assert "importing" not in quiet.stderr
+
+
+def test_schema_commands_print_json_schemas() -> None:
+    rules = run("schema", "rules")
+    assert rules.returncode == 0, rules.stderr
+    assert json.loads(rules.stdout)["title"] == "policyd rule file"
+    config = run("schema", "config")
+    assert config.returncode == 0, config.stderr
+    assert "locations" in json.loads(config.stdout)["properties"]
