@@ -387,6 +387,28 @@ def catalog_stats(config: Path | None, experiment: str | None, fmt: str) -> None
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@config_option
+@format_option("text", "json")
+def check(paths: tuple[Path, ...], config: Path | None, fmt: str) -> None:
+    """Check the site config and every rule, workflow and station file it names.
+
+    PATHS are config folders or files; without any, the site config found as usual
+    (-c, $POLICYD_CONFIG, ./policyd.yaml). Needs neither the storage nor the catalog
+    database, so a config repo can run it in its own CI. Exit 0 clean, 1 on errors.
+
+    \b
+    Examples:
+      policyd check
+      policyd check examples/aps --format json
+    """
+    from policyd.rules.check import check_command
+
+    config = config or click.get_current_context().find_root().params.get("config")
+    raise click.exceptions.Exit(check_command([*([config] if config else []), *paths], fmt))
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("what", type=click.Choice(["rules", "config"]))
 def schema(what: str) -> None:
     """Print the JSON Schema of YAML rule files or of policyd.yaml, for editors.

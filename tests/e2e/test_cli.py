@@ -145,3 +145,28 @@ def test_schema_commands_print_json_schemas() -> None:
     config = run("schema", "config")
     assert config.returncode == 0, config.stderr
     assert "locations" in json.loads(config.stdout)["properties"]
+
+
+def test_check_passes_the_starter_repo_and_locates_mistakes(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    assert run("init", root).returncode == 0
+    clean = run("check", cwd=root)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "0 errors" in clean.stdout
+    rules = root / "rules" / "8idi.policy"
+    rules.write_text(rules.read_text().replace("on voyager", "on voyagr"))
+    broken = run("check", root, env={"POLICYD_CATALOG": "postgresql://nobody@127.0.0.1:1/none"})
+    assert broken.returncode == 1
+    assert (
+        f"{root}/rules/8idi.policy:6:6: error: unknown location 'voyagr'; did you mean 'voyager'?"
+        in broken.stdout
+    )
+
+
+def test_pre_commit_hook_runs_policyd_check() -> None:
+    from ruamel.yaml import YAML
+
+    hooks = YAML(typ="safe").load(Path(__file__).parents[2] / ".pre-commit-hooks.yaml")
+    assert hooks[0]["id"] == "policyd-check"
+    assert hooks[0]["entry"] == "policyd check"
+    assert hooks[0]["pass_filenames"] is False
