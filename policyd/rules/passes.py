@@ -38,7 +38,7 @@ from policyd.rules.typecheck import (
 )
 from policyd.rules.types import is_orderable
 from policyd.rules.workflows import Workflow, check_variables
-from policyd.stations.config import NAME_RE
+from policyd.stations.config import NAME_RE, parse_schedule
 
 __all__ = [
     "PASSES",
@@ -593,6 +593,11 @@ def literals(ctx: CheckContext) -> list[Diagnostic]:
         for rule in rule_file.tree.rules:
             if rule.schedule is not None and rule.schedule.kind == "duration":
                 positive(rule.schedule, "schedule every")
+            elif rule.schedule is not None and rule.schedule.kind == "text":
+                try:
+                    parse_schedule(rule.schedule.value)
+                except ValueError as exc:
+                    error("bad-schedule", str(exc), rule.schedule.span)
             for statement in rule.statements:
                 notify = getattr(statement, "notify", None)
                 if isinstance(notify, ast.NotifyBefore):
