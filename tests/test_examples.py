@@ -302,3 +302,11 @@ def test_every_clause_is_used(files: dict[Path, ast.File]) -> None:
         "notify-before",
     }
     assert expected - used == set()
+
+
+def test_policyd_check_passes_the_examples_without_a_finding() -> None:
+    from policyd.rules.check import check_site
+
+    result = check_site([Path(__file__).parent.parent / "examples" / "aps"])
+    assert result.diagnostics == []
+    assert len(result.files) >= 10
