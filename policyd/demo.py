@@ -53,6 +53,36 @@ stations: ["stations/*.yaml"]
 """
 
 
+RULES = """\
+# The demo site's policies: see docs/rules.md for the language.
+rule layout
+  place files where file.ext in ["h5", "imm"]
+  on disk
+  at "{station}/{experiment.start:%Y-%m}/{experiment.name}/{file.path}"
+
+rule two-copies
+  replicate files where experiment.end is null or experiment.end > now - 180 days
+  copies 2 on disk, tape
+
+rule archive-old
+  archive files where age(experiment.end) > 90 days
+  to tape
+  then release from daq
+
+rule scratch
+  expire files where file.path like "scratch/**" and age(file.modified) > 30 days
+
+rule keep-published
+  protect files where experiment.meta.doi is not null
+
+rule quota
+  alarm when usage("disk") > 80% notify ops severity warning
+
+rule fixity
+  verify files on tape every 365 days sample 2%
+"""
+
+
 @dataclass
 class Experiment:
     name: str
@@ -143,7 +173,9 @@ def write_files(demo: DemoSite, files_per_experiment: int, rng: random.Random) -
 def build(demo: DemoSite, experiments: int, files_per_experiment: int) -> None:
     rng = random.Random(2018)
     demo.config_path.write_text(CONFIG)
-    for sub in ("rules", "workflows", "stations", "storage/daq", "storage/disk", "storage/tape"):
+    (demo.root / "rules").mkdir()
+    (demo.root / "rules" / "demo.policy").write_text(RULES)
+    for sub in ("workflows", "stations", "storage/daq", "storage/disk", "storage/tape"):
         (demo.root / sub).mkdir(parents=True, exist_ok=True)
     for station in STATIONS:
         (demo.root / "stations" / f"{station.lower()}.yaml").write_text(
@@ -180,6 +212,16 @@ def import_site(demo: DemoSite) -> None:
         )
     tape = site.config.locations["tape"]
     demo.reports.append(scan_location(site.engine, "tape", tape.url, now=now))
+
+
+def check(demo: DemoSite, out: Console) -> None:
+    """The same check a config repo runs in its CI; the demo's rules must pass it."""
+    from policyd.rules.check import check_site, render_check
+
+    result = check_site([demo.root])
+    out.print(f"policyd check: {render_check(result)}", highlight=False, markup=False)
+    if not result.ok:
+        raise RuntimeError("the demo's own rules do not pass policyd check")
 
 
 def show(demo: DemoSite, out: Console) -> None:
@@ -246,6 +288,7 @@ def run_demo(
     demo = DemoSite(root.resolve())
     steps: list[tuple[str, Step]] = [
         ("build the site", lambda d, _o: build(d, experiments, files_per_experiment)),
+        ("check the rules", check),
         ("import the catalog", lambda d, _o: import_site(d)),
         ("show what is there", show),
     ]
