@@ -409,6 +409,25 @@ def check(paths: tuple[Path, ...], config: Path | None, fmt: str) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--to", "to", type=click.Choice(["yaml", "dsl"]), required=True, help="The form to write."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+def convert(file: Path, to: str, out: Path | None) -> None:
+    """Rewrite a rule file in the other form (DSL .policy <-> YAML); comments are not kept.
+
+    \b
+    Examples:
+      policyd convert rules/8idi.policy --to yaml > rules/8idi.yaml
+      policyd convert rules/1id.yaml --to dsl --out rules/1id.policy
+    """
+    from policyd.grammar.convert import convert_command
+
+    raise click.exceptions.Exit(convert_command(file, to, out))
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("what", type=click.Choice(["rules", "config"]))
 def schema(what: str) -> None:
     """Print the JSON Schema of YAML rule files or of policyd.yaml, for editors.

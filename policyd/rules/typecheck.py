@@ -144,6 +144,10 @@ def _literal_text(node: ast.Literal) -> str:
     match node.kind:
         case "text":
             return quote(str(value))
+        case "number" if isinstance(value, float):
+            # positional notation: the DSL has no exponent form (1e-05 would not parse back)
+            text = format(Decimal(repr(value)), "f")
+            return text if "." in text else text + ".0"
         case "number":
             return repr(value)
         case "bool":

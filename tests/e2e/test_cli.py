@@ -170,3 +170,18 @@ def test_pre_commit_hook_runs_policyd_check() -> None:
     assert hooks[0]["id"] == "policyd-check"
     assert hooks[0]["entry"] == "policyd check"
     assert hooks[0]["pass_filenames"] is False
+
+
+def test_convert_round_trips_an_example_file(tmp_path: Path) -> None:
+    source = Path(__file__).parents[2] / "examples" / "aps" / "rules" / "8idi.policy"
+    yaml_file = tmp_path / "8idi.yaml"
+    to_yaml = run("convert", source, "--to", "yaml", "--out", yaml_file)
+    assert to_yaml.returncode == 0, to_yaml.stderr
+    assert yaml_file.read_text().startswith("version: 1\nstation: 8IDI\n")
+    back = run("convert", yaml_file, "--to", "dsl")
+    assert back.returncode == 0, back.stderr
+    assert "rule layout priority 10" in back.stdout
+    broken = tmp_path / "b.policy"
+    broken.write_text("rule a\n  protect files wher x\n")
+    failed = run("convert", broken, "--to", "yaml")
+    assert failed.returncode == 1 and "b.policy:2:17: error:" in failed.stderr
