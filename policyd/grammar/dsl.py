@@ -863,13 +863,16 @@ def _parse(text: str, start: str, origin: _Origin, diagnostics: list[Diagnostic]
             _INLINE.builder = None
 
 
-def _parse_by_rule(text: str, file: str) -> list[Diagnostic]:
-    """Every rule's mistakes: the text before the first rule, and each rule, parsed alone.
+def _parse_by_rule(text: str, file: str) -> tuple[list[Diagnostic], ast.File]:
+    """Every rule's mistakes: the text before the first rule, and each rule, parsed alone;
+    and a File of the parts that parsed without a mistake.
 
     Each part is parsed as a whole file, so that a message reads the same as when the
     whole file is parsed (a rule may end with another rule or the end of the file).
     """
     diagnostics: list[Diagnostic] = []
+    station: ast.Name | None = None
+    rules: list[ast.Rule] = []
     keywords = [m.start(1) for m in _RULE_LINE.finditer(text)]
     starts = [text.rfind("\n", 0, k) + 1 for k in keywords]
     bounds = sorted({0, *starts, len(text)})
@@ -881,9 +884,20 @@ def _parse_by_rule(text: str, file: str) -> list[Diagnostic]:
             end_line = line + text.count("\n", begin, end) + 1
             col = keyword - end + 1
             next_rule = Span(file, end_line, col, end_line, col + len("rule"))
-        _parse(text[begin:end], "start", _Origin(file, line, 0, next_rule), diagnostics)
+        own: list[Diagnostic] = []
+        part = _parse(text[begin:end], "start", _Origin(file, line, 0, next_rule), own)
+        if isinstance(part, ast.File) and not own:
+            station = station or part.station
+            rules += part.rules
+        diagnostics += own
         line += text.count("\n", begin, end)
-    return diagnostics
+    return diagnostics, ast.File(station, tuple(rules), _whole(text, file))
+
+
+def _whole(text: str, file: str) -> Span:
+    """The span of the whole text."""
+    lines = text.split("\n")
+    return Span(file, 1, 1, len(lines), len(lines[-1]) + 1)
 
 
 def _guarded(file: str, work: Any) -> tuple[Any, list[Diagnostic]]:
@@ -904,23 +918,36 @@ def parse_policy(text: str, file: str) -> tuple[ast.File | None, list[Diagnostic
     """The AST of a `.policy` file, or None and every error found in it (sorted).
 
     The AST is returned only when there is no error: later passes can rely on a
-    complete tree.
+    complete tree. `parse_policy_partial` also gives the rules that parsed.
+    """
+    tree, diagnostics = parse_policy_partial(text, file)
+    return (None, diagnostics) if diagnostics else (tree, [])
+
+
+def parse_policy_partial(text: str, file: str) -> tuple[ast.File, list[Diagnostic]]:
+    """Every error of a `.policy` file (sorted) and a File of the rules without one.
+
+    After a mistake each rule is parsed alone, so the File holds every rule that
+    parsed cleanly (and the station line, if it did): `policyd check` still checks
+    them. Only for callers that report the diagnostics: one that needs the whole
+    file (convert) uses `parse_policy`.
     """
 
     # A byte-order mark some editors write is not part of the text, nor of its columns.
     source = text.removeprefix("\ufeff")
 
-    def work() -> tuple[ast.File | None, list[Diagnostic]]:
+    def work() -> tuple[ast.File, list[Diagnostic]]:
         diagnostics: list[Diagnostic] = []
         tree = _parse(source, "start", _Origin(file), diagnostics)
+        if isinstance(tree, ast.File) and not diagnostics:
+            return tree, []
+        by_rule, partial = _parse_by_rule(source, file)
         if tree is None:
-            by_rule = _parse_by_rule(source, file)
             diagnostics = by_rule or diagnostics
-        if diagnostics:
-            return None, sorted_diagnostics(diagnostics)
-        return tree, []
+        return partial, sorted_diagnostics(diagnostics)
 
-    return _guarded(file, work)
+    tree, diagnostics = _guarded(file, work)
+    return (tree if tree is not None else ast.File(None, (), Span(file, 1, 1))), diagnostics
 
 
 def parse_expression(

@@ -31,6 +31,7 @@ not be aligned with its source (a tag, an unusual escape) points at the scalar's
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 import re
@@ -46,7 +47,7 @@ from policyd.grammar.dsl import RESERVED_WORDS, VERBS, parse_expression
 from policyd.units import DURATION_FORMS, PERCENT_FORMS
 from policyd.yamlsource import parse_yaml
 
-__all__ = ["CLAUSE_KEYS", "RULE_KEYS", "TOP_KEYS", "parse_yaml_rules"]
+__all__ = ["CLAUSE_KEYS", "RULE_KEYS", "TOP_KEYS", "parse_yaml_rules", "parse_yaml_rules_partial"]
 
 #: The keys of a rule file's top-level mapping; `version` is required.
 TOP_KEYS = ("version", "station", "rules")
@@ -128,14 +129,9 @@ class _Source:
         return min(self.line_starts[index] + max(col, 1) - 1, len(self.text))
 
     def position(self, offset: int) -> tuple[int, int]:
-        lo, hi = 0, len(self.line_starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.line_starts[mid] <= offset:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1, offset - self.line_starts[lo] + 1
+        """The 1-based line and column of an offset."""
+        index = max(bisect.bisect_right(self.line_starts, offset) - 1, 0)
+        return index + 1, offset - self.line_starts[index] + 1
 
     def span(self, start: int, end: int) -> Span:
         line, col = self.position(start)
@@ -497,8 +493,6 @@ class _Reader:
                     rule = self._optional(item, self.rule)
                     if rule is not None:
                         rules.append(rule)
-        if self.diagnostics:
-            return None
         return ast.File(station, tuple(rules), whole)
 
     def _optional(self, entry: _Entry | None, read: Callable[[_Entry], NodeT]) -> NodeT | None:
@@ -510,6 +504,8 @@ class _Reader:
             return None
 
     def rule(self, entry: _Entry) -> ast.Rule:
+        """The rule, or _Skip when it has a mistake (reported; the other rules go on)."""
+        errors_before = len(self.diagnostics)
         label = "a rule"
         if isinstance(entry.value, dict) and isinstance(entry.value.get("name"), str):
             label = f"rule {entry.value['name']!r}"
@@ -555,7 +551,7 @@ class _Reader:
                 )
         else:
             statements = self._optional(verbs[0], self.statements) or ()
-        if name is None or self.diagnostics:
+        if name is None or len(self.diagnostics) > errors_before:
             raise _Skip
         end = max((s.span for s in statements), key=lambda s: (s.end_line, s.end_col))
         span = Span(self.file, start.line, start.col, end.end_line, end.end_col)
@@ -878,25 +874,35 @@ def parse_yaml_rules(text: str, file: str) -> tuple[ast.File | None, list[Diagno
     The same contract as `parse_policy`: the AST only when there is no error, spans
     pointing into `file`, and never an exception, whatever the text.
     """
+    tree, diagnostics = parse_yaml_rules_partial(text, file)
+    return (None, diagnostics) if diagnostics else (tree, [])
+
+
+def parse_yaml_rules_partial(text: str, file: str) -> tuple[ast.File, list[Diagnostic]]:
+    """Every error of a YAML rule file (sorted) and a File of the rules without one.
+
+    A rule with an unknown, missing or mistyped key is left out and the others kept,
+    so `policyd check` can still check them; a file that is not YAML, or not a mapping,
+    gives an empty File. Only for callers that report the diagnostics: one that needs
+    the whole file (convert) uses `parse_yaml_rules`.
+    """
     source = text.removeprefix("\ufeff")
+    empty = ast.File(None, (), Span(file, 1, 1))
     try:
         try:
             tree = parse_yaml(source, file)
         except DiagnosticError as exc:
-            return None, sorted_diagnostics(_placed(exc, _Source(source, file)))
+            return empty, sorted_diagnostics(_placed(exc, _Source(source, file)))
         except Exception as exc:  # ruamel raises more than YAMLError on odd input
-            return None, [
-                Diagnostic("yaml-syntax", f"invalid YAML: {type(exc).__name__}", Span(file, 1, 1))
-            ]
+            message = f"invalid YAML: {type(exc).__name__}"
+            return empty, [Diagnostic("yaml-syntax", message, Span(file, 1, 1))]
         reader = _Reader(_Source(source, file))
-        result = reader.top(tree)
-        if reader.diagnostics:
-            # A value reached twice through an alias reports its mistakes once.
-            unique = list(dict.fromkeys(reader.diagnostics))
-            return None, sorted_diagnostics(unique)
-        return result, []
+        result = reader.top(tree) or empty
+        # A value reached twice through an alias reports its mistakes once.
+        return result, sorted_diagnostics(list(dict.fromkeys(reader.diagnostics)))
     except RecursionError:
-        return None, [Diagnostic("too-deep", "the input is nested too deeply to read", Span(file))]
+        message = "the input is nested too deeply to read"
+        return empty, [Diagnostic("too-deep", message, Span(file))]
     except Exception as exc:  # the promise is "never a traceback"
         message = f"internal error while reading YAML rules: {type(exc).__name__}: {exc}"
-        return None, [Diagnostic("internal-error", message, Span(file))]
+        return empty, [Diagnostic("internal-error", message, Span(file))]

@@ -7,8 +7,10 @@ station, workflow and rule file the config names (and any file given as a PATH),
 the checker's passes (`policyd.rules.passes`) and reports every diagnostic sorted by
 file, line and column. A config with errors does not stop the run: the names it
 defines are still read from its YAML, so the rules are checked against them in the
-same run, and the mistakes of every file come out together. Whatever the input, the
-outcome is diagnostics, never a traceback.
+same run, and the mistakes of every file come out together. Within a rule file too: a
+rule with a syntax error or an unknown key is reported and left out, and the file's
+other rules are still checked. Whatever the input, the outcome is diagnostics, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from policyd.diagnostics import Diagnostic, DiagnosticError, Span, render_all, sorted_diagnostics
-from policyd.grammar.dsl import parse_policy
-from policyd.grammar.yaml_rules import parse_yaml_rules
+from policyd.grammar.dsl import parse_policy_partial
+from policyd.grammar.yaml_rules import parse_yaml_rules_partial
 from policyd.rules.passes import CheckContext, RuleFile, SiteNames, run_passes
 from policyd.rules.workflows import Workflow, load_workflow_file, load_workflows
 from policyd.stations.config import (
@@ -225,9 +227,9 @@ def _parse_rule_file(path: Path, run: _Run) -> RuleFile | None:
         run.diagnostics.append(Diagnostic(code, message, Span(file)))
         return None
     if path.suffix.lower() == ".policy":
-        tree, problems = parse_policy(text, file)
+        tree, problems = parse_policy_partial(text, file)
     elif path.suffix.lower() in (".yaml", ".yml"):
-        tree, problems = parse_yaml_rules(text, file)
+        tree, problems = parse_yaml_rules_partial(text, file)
     else:
         run.diagnostics.append(
             Diagnostic(
@@ -238,9 +240,8 @@ def _parse_rule_file(path: Path, run: _Run) -> RuleFile | None:
             )
         )
         return None
+    # The rules that parsed are checked even when others in the file did not.
     run.diagnostics += problems
-    if tree is None:
-        return None
     return RuleFile(file, text.removeprefix("\ufeff"), tree)
 
 

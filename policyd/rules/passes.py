@@ -23,6 +23,13 @@ from typing import Final
 
 from policyd.diagnostics import Diagnostic, Severity, Span
 from policyd.grammar import ast
+from policyd.rules.findings import (
+    layout_conflict,
+    never_matches,
+    no_other_copy,
+    too_many_copies,
+    unused_names,
+)
 from policyd.rules.signatures import FUNCTIONS
 from policyd.rules.typecheck import (
     FILE_VALUE,
@@ -643,6 +650,11 @@ PASSES: Final[tuple[Pass, ...]] = (
     Pass("templates", templates, "`at` templates render a safe relative path"),
     Pass("workflow-variables", workflow_variables, "a run rule's workflow has its variables"),
     Pass("literals", literals, "counts, percentages and durations are in range"),
+    Pass("no-other-copy", no_other_copy, "a release or expire has its files kept elsewhere"),
+    Pass("layout-conflict", layout_conflict, "equal-priority place rules agree on a layout"),
+    Pass("too-many-copies", too_many_copies, "a replicate's set has enough locations"),
+    Pass("never-matches", never_matches, "no condition is always false"),
+    Pass("unused-names", unused_names, "every location, channel and workflow is used"),
 )
 
 

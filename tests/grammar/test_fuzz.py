@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyd.diagnostics import Diagnostic
-from policyd.grammar.dsl import parse_expression, parse_policy
+from policyd.grammar import ast
+from policyd.grammar.dsl import parse_expression, parse_policy, parse_policy_partial
+from policyd.rules.passes import CheckContext, RuleFile, SiteNames, run_passes
 from tests.grammar.test_examples import EXAMPLE
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[A-Za-z0-9_][A-Za-z0-9_\-]*|\s+|.', re.DOTALL)
@@ -80,6 +82,18 @@ def mutated_example(draw: st.DrawFn) -> str:
 @given(mutated_example())
 def test_mutated_rule_files(text: str) -> None:
     assert_answer(parse_policy(text, "fuzz.policy"))
+
+
+@FUZZ
+@given(mutated_example())
+def test_the_partial_tree_of_mutated_files_checks(text: str) -> None:
+    """The rules that parsed form a File the checker's passes take without failing."""
+    tree, diagnostics = parse_policy_partial(text, "fuzz.policy")
+    assert isinstance(tree, ast.File)
+    assert_answer((None if diagnostics else tree, diagnostics))
+    if not diagnostics:
+        assert parse_policy(text, "fuzz.policy") == (tree, [])
+    run_passes(CheckContext([RuleFile("fuzz.policy", text, tree)], SiteNames()))
 
 
 @FUZZ
