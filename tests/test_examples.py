@@ -22,14 +22,9 @@ from policyd.grammar import ast
 from policyd.grammar.dsl import parse_policy
 from policyd.grammar.yaml_rules import parse_yaml_rules
 from policyd.rules.typecheck import (
-    FILE_VALUE,
-    FILE_WHERE,
-    GRANT_WHILE,
-    LOCATIONS_WHERE,
-    WHEN,
-    Context,
     check_expression,
     check_template,
+    statement_expressions,
 )
 from policyd.rules.workflows import check_variables, load_workflow_file
 from policyd.stations.config import SiteConfig, load_site_config
@@ -62,38 +57,6 @@ def config() -> SiteConfig:
 @pytest.fixture(scope="module")
 def files() -> dict[Path, ast.File]:
     return {path: _parse(path) for path in RULE_FILES}
-
-
-def _expressions(statement: ast.Statement) -> Iterator[tuple[ast.Expr, Context]]:
-    """Every expression of a statement, with the context its clause gives it."""
-    match statement:
-        case ast.Place() | ast.Archive() | ast.Expire() | ast.Protect():
-            yield statement.where, FILE_WHERE
-        case ast.Replicate():
-            yield statement.where, FILE_WHERE
-            if isinstance(statement.on, ast.LocationQuery):
-                yield statement.on.where, LOCATIONS_WHERE
-        case ast.Release():
-            yield statement.where, FILE_WHERE
-            if statement.when is not None:
-                yield statement.when, WHEN
-            if statement.order_by is not None:
-                yield statement.order_by.expr, FILE_VALUE
-        case ast.Alarm():
-            yield statement.when, WHEN
-            if statement.clear_when is not None:
-                yield statement.clear_when, WHEN
-        case ast.Grant():
-            if statement.while_ is not None:
-                yield statement.while_, GRANT_WHILE
-        case ast.Run():
-            if statement.where is not None:
-                yield statement.where, FILE_WHERE
-            for argument in statement.with_:
-                yield argument.value, FILE_VALUE
-        case ast.Verify():
-            if statement.where is not None:
-                yield statement.where, FILE_WHERE
 
 
 def _names(statement: ast.Statement) -> Iterator[tuple[str, str]]:
@@ -150,7 +113,7 @@ def test_rule_file_parses(path: Path) -> None:
 def test_every_expression_type_checks(files: dict[Path, ast.File]) -> None:
     problems: list[Diagnostic] = []
     for _, statement in _statements(files):
-        for expr, context in _expressions(statement):
+        for expr, context in statement_expressions(statement):
             _, diagnostics = check_expression(expr, context)
             problems += diagnostics
     assert problems == [], _shown(problems)

@@ -9,6 +9,7 @@ attributes; the rules package decides whether `voyagr` or `file.szie` exist.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal as TypingLiteral
 
@@ -348,3 +349,30 @@ class File:
     station: Name | None
     rules: tuple[Rule, ...]
     span: Span
+
+
+def walk(expr: Expr) -> Iterator[Expr]:
+    """`expr` and every expression inside it, iteratively (the parser bounds nesting,
+    but checks must not depend on the recursion limit)."""
+    stack: list[Expr] = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        match node:
+            case Literal(kind="list", value=tuple() as items):
+                stack.extend(items)  # type: ignore[arg-type]
+            case Call(args=args, kwargs=kwargs):
+                stack.extend(args)
+                stack.extend(k.value for k in kwargs)
+            case Unary(operand=o) | Not(operand=o) | IsNull(operand=o):
+                stack.append(o)
+            case Like(operand=o) | Matches(operand=o):
+                stack.append(o)
+            case Binary(left=a, right=b) | Compare(left=a, right=b):
+                stack.extend((a, b))
+            case And(left=a, right=b) | Or(left=a, right=b):
+                stack.extend((a, b))
+            case In(item=a, container=b):
+                stack.extend((a, b))
+            case Index(target=t):
+                stack.append(t)

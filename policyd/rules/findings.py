@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from policyd.diagnostics import Diagnostic
 from policyd.grammar import ast
-from policyd.rules.typecheck import TEMPLATE, check_template, constant_value, expression_text
+from policyd.rules.typecheck import (
+    TEMPLATE,
+    check_template,
+    constant_value,
+    expression_text,
+    statement_expressions,
+)
 from policyd.stations.config import (
     CONFIG_FILENAME,
     DEFAULT_RULE_GLOBS,
@@ -98,48 +104,6 @@ def _statements(ctx: CheckContext, *, enabled_only: bool = False) -> Iterator[_S
                 continue
             for statement in rule.statements:
                 yield _Stmt(rule_file, rule, statement)
-
-
-def _subexpressions(expr: ast.Expr) -> Iterator[ast.Expr]:
-    stack: list[ast.Expr] = [expr]
-    while stack:
-        node = stack.pop()
-        yield node
-        match node:
-            case ast.Literal(kind="list", value=tuple() as items):
-                stack.extend(items)  # type: ignore[arg-type]
-            case ast.Call(args=args, kwargs=kwargs):
-                stack.extend(args)
-                stack.extend(k.value for k in kwargs)
-            case ast.Unary(operand=o) | ast.Not(operand=o) | ast.IsNull(operand=o):
-                stack.append(o)
-            case ast.Like(operand=o) | ast.Matches(operand=o):
-                stack.append(o)
-            case ast.Binary(left=a, right=b) | ast.Compare(left=a, right=b):
-                stack.extend((a, b))
-            case ast.And(left=a, right=b) | ast.Or(left=a, right=b):
-                stack.extend((a, b))
-            case ast.In(item=a, container=b):
-                stack.extend((a, b))
-            case ast.Index(target=t):
-                stack.append(t)
-
-
-def _expressions(statement: ast.Statement) -> Iterator[ast.Expr]:
-    for value in (
-        getattr(statement, "where", None),
-        getattr(statement, "when", None),
-        getattr(statement, "clear_when", None),
-        getattr(statement, "while_", None),
-    ):
-        if value is not None:
-            yield value
-    if isinstance(statement, ast.Release) and statement.order_by is not None:
-        yield statement.order_by.expr
-    if isinstance(statement, ast.Run):
-        yield from (argument.value for argument in statement.with_)
-    if isinstance(statement, ast.Replicate) and isinstance(statement.on, ast.LocationQuery):
-        yield statement.on.where
 
 
 # ---- the overlap prover
@@ -735,8 +699,8 @@ def unused_names(ctx: CheckContext) -> list[Diagnostic]:
         notify_before = getattr(statement, "notify", None)
         if isinstance(notify_before, ast.NotifyBefore):
             used_channels.add(notify_before.channel.value)
-        for expr in _expressions(statement):
-            for node in _subexpressions(expr):
+        for expr, _ in statement_expressions(statement):
+            for node in ast.walk(expr):
                 if isinstance(node, ast.Call):
                     used_locations.update(_location_arguments(node))
                     for k in node.kwargs:

@@ -32,16 +32,11 @@ from policyd.rules.findings import (
 )
 from policyd.rules.signatures import FUNCTIONS
 from policyd.rules.typecheck import (
-    FILE_VALUE,
-    FILE_WHERE,
-    GRANT_WHILE,
-    LOCATIONS_WHERE,
     TEMPLATE,
-    WHEN,
-    Context,
     check_expression,
     check_template,
     expression_text,
+    statement_expressions,
 )
 from policyd.rules.types import is_orderable
 from policyd.rules.workflows import Workflow, check_variables
@@ -117,64 +112,6 @@ def _statements(ctx: CheckContext) -> Iterator[tuple[RuleFile, ast.Rule, ast.Sta
         for rule in rule_file.tree.rules:
             for statement in rule.statements:
                 yield rule_file, rule, statement
-
-
-def _expressions(statement: ast.Statement) -> Iterator[tuple[ast.Expr, Context]]:
-    """Every expression of a statement with the context it is typed in."""
-    match statement:
-        case ast.Place() | ast.Archive() | ast.Expire() | ast.Protect():
-            yield statement.where, FILE_WHERE
-        case ast.Replicate():
-            yield statement.where, FILE_WHERE
-            if isinstance(statement.on, ast.LocationQuery):
-                yield statement.on.where, LOCATIONS_WHERE
-        case ast.Release():
-            yield statement.where, FILE_WHERE
-            if statement.when is not None:
-                yield statement.when, WHEN
-            if statement.order_by is not None:
-                yield statement.order_by.expr, FILE_VALUE
-        case ast.Alarm():
-            yield statement.when, WHEN
-            if statement.clear_when is not None:
-                yield statement.clear_when, WHEN
-        case ast.Grant():
-            if statement.while_ is not None:
-                yield statement.while_, GRANT_WHILE
-        case ast.Run():
-            if statement.where is not None:
-                yield statement.where, FILE_WHERE
-            for argument in statement.with_:
-                yield argument.value, FILE_VALUE
-        case ast.Verify():
-            if statement.where is not None:
-                yield statement.where, FILE_WHERE
-
-
-def _subexpressions(expr: ast.Expr) -> Iterator[ast.Expr]:
-    """`expr` and everything in it, iteratively (the parser bounds depth, but be safe)."""
-    stack: list[ast.Expr] = [expr]
-    while stack:
-        node = stack.pop()
-        yield node
-        match node:
-            case ast.Literal(kind="list", value=tuple() as items):
-                stack.extend(items)  # type: ignore[arg-type]
-            case ast.Call(args=args, kwargs=kwargs):
-                stack.extend(args)
-                stack.extend(k.value for k in kwargs)
-            case ast.Unary(operand=o) | ast.Not(operand=o) | ast.IsNull(operand=o):
-                stack.append(o)
-            case ast.Like(operand=o) | ast.Matches(operand=o):
-                stack.append(o)
-            case ast.Binary(left=a, right=b) | ast.Compare(left=a, right=b):
-                stack.extend((a, b))
-            case ast.And(left=a, right=b) | ast.Or(left=a, right=b):
-                stack.extend((a, b))
-            case ast.In(item=a, container=b):
-                stack.extend((a, b))
-            case ast.Index(target=t):
-                stack.append(t)
 
 
 # ---- unique-names
@@ -291,7 +228,7 @@ class _Resolver:
 
         Literal-only parameters (signatures.Parameter.literal) exist so this can be done.
         """
-        for node in _subexpressions(expr):
+        for node in ast.walk(expr):
             if not isinstance(node, ast.Call):
                 continue
             function = FUNCTIONS.get(node.name)
@@ -353,7 +290,7 @@ class _Resolver:
                 self.workflow(workflow.value, workflow.span)
         if notify is not None:
             self.channel(notify.channel.value, notify.channel.span)
-        for expr, _ in _expressions(statement):
+        for expr, _ in statement_expressions(statement):
             self.expression(expr)
 
 
@@ -464,7 +401,7 @@ def types(ctx: CheckContext) -> list[Diagnostic]:
     """Every expression typed in the context of its clause (what it may see, bool or value)."""
     out: list[Diagnostic] = []
     for _, _, statement in _statements(ctx):
-        for expr, context in _expressions(statement):
+        for expr, context in statement_expressions(statement):
             t, problems = check_expression(expr, context)
             out += problems
             if (

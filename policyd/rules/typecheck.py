@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -959,3 +959,35 @@ def _with_span(node: ast.Attribute | ast.Index, span: Span) -> ast.Attribute | a
     if isinstance(node, ast.Index):
         return ast.Index(ast.Attribute(node.target.path, span), node.key, span)
     return ast.Attribute(node.path, span)
+
+
+def statement_expressions(statement: ast.Statement) -> Iterator[tuple[ast.Expr, Context]]:
+    """Every expression of a statement with the context it is typed in."""
+    match statement:
+        case ast.Place() | ast.Archive() | ast.Expire() | ast.Protect():
+            yield statement.where, FILE_WHERE
+        case ast.Replicate():
+            yield statement.where, FILE_WHERE
+            if isinstance(statement.on, ast.LocationQuery):
+                yield statement.on.where, LOCATIONS_WHERE
+        case ast.Release():
+            yield statement.where, FILE_WHERE
+            if statement.when is not None:
+                yield statement.when, WHEN
+            if statement.order_by is not None:
+                yield statement.order_by.expr, FILE_VALUE
+        case ast.Alarm():
+            yield statement.when, WHEN
+            if statement.clear_when is not None:
+                yield statement.clear_when, WHEN
+        case ast.Grant():
+            if statement.while_ is not None:
+                yield statement.while_, GRANT_WHILE
+        case ast.Run():
+            if statement.where is not None:
+                yield statement.where, FILE_WHERE
+            for argument in statement.with_:
+                yield argument.value, FILE_VALUE
+        case ast.Verify():
+            if statement.where is not None:
+                yield statement.where, FILE_WHERE
