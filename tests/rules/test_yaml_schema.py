@@ -8,34 +8,7 @@ from ruamel.yaml import YAML
 
 from policyd.grammar.yaml_rules import CLAUSE_KEYS, RULE_KEYS, TOP_KEYS
 from policyd.rules.yaml_schema import VERBS, RuleFile, clause_keys, rules_json_schema
-
-SECTION_6 = """\
-version: 1
-station: 8IDI
-rules:
-  - name: layout
-    place:
-      where: 'file.path like "*.h5" or file.path like "*.imm"'
-      on: voyager
-      at: "{station}/{experiment.start:%Y-%m}/{experiment.name}/{file.path}"
-  - name: two-copies
-    replicate: {where: "experiment.end is null or experiment.end > now - 180 days", copies: 2, on: [voyager, hpc]}
-  - name: archive-raw
-    schedule: 1 day
-    archive: {where: "age(experiment.end) > 90 days", to: tape, release_from: [daq-8idi],
-              notify_before: {channel: staff-8idi, before: 7 days}}
-  - name: make-room
-    priority: 10
-    release: {where: 'file.path like "scratch/**"', from: [voyager],
-              when: 'usage("voyager") > 90%', until: 80%, order_by: {expr: file.modified}}
-  - name: quota
-    alarm:
-      - {when: 'usage("voyager", station = "8IDI") > 80%', notify: [ops, staff-8idi], severity: warning}
-  - name: access
-    grant:
-      - {perms: [read, write], principals: [experiment.users], at: voyager,
-         while: "experiment.active or experiment.end > now - 30 days"}
-"""
+from tests.grammar.test_yaml_rules import SECTION_6
 
 
 def load(text: str) -> object:
