@@ -88,6 +88,13 @@ class ExperimentRow:
     meta: dict[str, Any] | None
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
     """Epoch seconds from the DM's epoch floats or ISO 8601 text (naive = site timezone)."""
     if value is None or value == "":
@@ -103,11 +110,8 @@ def parse_time(value: Any, key: str, tz: tzinfo) -> float | None:
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     elif isinstance(value, str):
         text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            pass
-        else:
+        number = _float_or_none(text)
+        if number is not None:
             if not math.isfinite(number):
                 raise BadRecord(f"{key} must be a finite time, not {value!r}")
             return number

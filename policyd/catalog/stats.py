@@ -25,7 +25,7 @@ STATS_KEYS = (
 
 
 class UnknownExperiment(LookupError):
-    pass
+    """`--experiment` names no experiment of the catalog."""
 
 
 def collection_stats(engine: Engine, experiment: str | None = None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ not be aligned with its source (a tag, an unusual escape) points at the scalar's
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import difflib
 import re
@@ -279,11 +280,9 @@ class _Reader:
         out = []
         for index, value in enumerate(entry.value):
             span = entry.span
-            try:
-                line, col = entry.value.lc.data[index]
+            with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+                line, col = entry.value.lc.data[index]  # where ruamel saw the item
                 span = self._at(line, col)
-            except (AttributeError, KeyError, TypeError, ValueError):
-                pass
             out.append(_Entry(f"{entry.key}[{index}]", value, span, span))
         return out
 

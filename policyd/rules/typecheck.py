@@ -851,32 +851,32 @@ def check_template(
         skeleton.append(_check_placeholder(inner, i + 1, where, span, text_offset, context, error))
         i = end + 1
     rendered = "".join(skeleton)
-    if broken:
-        pass
-    elif not text:
-        error("bad-template", "a template cannot be empty", span)
-    elif rendered.startswith("/"):
-        error(
-            "bad-template",
-            f"a template must render a relative path, not one starting with /: {shown}",
-            span,
-            "remove the leading /: the path is inside the location's root",
-        )
-    else:
-        segments = rendered.split("/")
-        if ".." in segments:
+    # after a broken placeholder the rendered shape is not known: check only the rest
+    if not broken:
+        if not text:
+            error("bad-template", "a template cannot be empty", span)
+        elif rendered.startswith("/"):
             error(
                 "bad-template",
-                f"a template cannot hold a .. segment: {shown}",
+                f"a template must render a relative path, not one starting with /: {shown}",
                 span,
-                "paths never leave the location's root",
+                "remove the leading /: the path is inside the location's root",
             )
-        if "" in segments:
-            error(
-                "bad-template",
-                f"a template cannot hold an empty segment (// or a trailing /): {shown}",
-                span,
-            )
+        else:
+            segments = rendered.split("/")
+            if ".." in segments:
+                error(
+                    "bad-template",
+                    f"a template cannot hold a .. segment: {shown}",
+                    span,
+                    "paths never leave the location's root",
+                )
+            if "" in segments:
+                error(
+                    "bad-template",
+                    f"a template cannot hold an empty segment (// or a trailing /): {shown}",
+                    span,
+                )
     if "\x00" in rendered:
         error("bad-template", f"a template cannot hold a NUL character: {shown}", span)
     return sorted(diagnostics, key=Diagnostic.sort_key)

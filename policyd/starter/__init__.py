@@ -23,7 +23,7 @@ def _walk(node: Traversable, rel: Path) -> list[tuple[Path, Traversable]]:
 
 
 class StarterExists(FileExistsError):
-    pass
+    """init would overwrite a file the user may have edited."""
 
 
 def write_starter(directory: Path, force: bool = False) -> list[Path]:

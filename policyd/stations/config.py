@@ -130,12 +130,16 @@ Duration = Annotated[
 ]
 
 
-def _check_timezone(value: str) -> str:
+def _is_timezone(value: str) -> bool:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        pass
-    else:
+        return False
+    return True
+
+
+def _check_timezone(value: str) -> str:
+    if _is_timezone(value):
         return value
     known = available_timezones() | {"UTC"}
     folded = {name.lower(): name for name in known}
@@ -273,6 +277,14 @@ SCHEDULE_FORMS: Final = (
 )
 
 
+def _duration_or_none(text: str) -> float | None:
+    """A schedule is a duration when it reads as one; otherwise it may be cron text."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return None
+
+
 def parse_schedule(value: Any) -> Schedule:
     """A schedule from config or rule text; the cron fields are checked as the daemon will."""
     if isinstance(value, Schedule):
@@ -284,11 +296,8 @@ def parse_schedule(value: Any) -> Schedule:
     text = value.strip()
     if text.startswith("every "):
         text = text[len("every ") :].strip()
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        pass
-    else:
+    seconds = _duration_or_none(text)
+    if seconds is not None:
         if seconds <= 0:
             raise ValueError(f"{value!r}: a schedule must be longer than 0 seconds")
         return Schedule(every=seconds)
