@@ -7,6 +7,7 @@ reaches far deeper into the grammar (and into the error adapter) than random byt
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,24 +59,31 @@ def assert_answer(result: tuple[object, list[Diagnostic]]) -> None:
 
 
 @st.composite
-def mutated_example(draw: st.DrawFn) -> str:
-    tokens = list(TOKENS)
+def mutated(draw: st.DrawFn, tokens: Sequence[str], extra: Sequence[str]) -> str:
+    """A text made of `tokens` with a few deleted, doubled, swapped, replaced by
+    another token or by one of `extra`, or with one of `extra` inserted."""
+    words = sorted({t for t in tokens if not t.isspace()}) + list(extra)
+    out = list(tokens)
     for _ in range(draw(st.integers(1, 6))):
-        at = draw(st.integers(0, len(tokens) - 1))
+        at = draw(st.integers(0, len(out) - 1))
         action = draw(st.sampled_from(["delete", "duplicate", "swap", "replace", "insert"]))
         if action == "delete":
-            del tokens[at]
+            del out[at]
         elif action == "duplicate":
-            tokens.insert(at, tokens[at])
-        elif action == "swap" and at + 1 < len(tokens):
-            tokens[at], tokens[at + 1] = tokens[at + 1], tokens[at]
+            out.insert(at, out[at])
+        elif action == "swap" and at + 1 < len(out):
+            out[at], out[at + 1] = out[at + 1], out[at]
         elif action == "replace":
-            tokens[at] = draw(st.sampled_from(WORDS + ODD))
+            out[at] = draw(st.sampled_from(words))
         else:
-            tokens.insert(at, draw(st.sampled_from(ODD) | st.characters()))
-        if not tokens:
+            out.insert(at, draw(st.sampled_from(list(extra)) | st.characters()))
+        if not out:
             break
-    return "".join(tokens)
+    return "".join(out)
+
+
+def mutated_example() -> st.SearchStrategy[str]:
+    return mutated(TOKENS, ODD)
 
 
 @FUZZ

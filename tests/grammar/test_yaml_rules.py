@@ -20,7 +20,7 @@ from policyd.grammar import ast
 from policyd.grammar.dsl import parse_policy
 from policyd.grammar.yaml_rules import parse_yaml_rules
 from tests.grammar.test_examples import EXAMPLE
-from tests.grammar.test_fuzz import FUZZ, ODD, assert_answer
+from tests.grammar.test_fuzz import FUZZ, ODD, assert_answer, mutated
 
 # spec/rules.md section 6, verbatim.
 SECTION_6 = """\
@@ -474,33 +474,11 @@ _TOKEN = re.compile(
     r"'(?:[^'\n]|'')*'|\"(?:[^\"\\\n]|\\.)*\"|[A-Za-z0-9_][A-Za-z0-9_\-]*|\s+|.", re.DOTALL
 )
 TOKENS = _TOKEN.findall(SECTION_6)
-WORDS = sorted({t for t in TOKENS if not t.isspace()})
 YAML_ODD = [*ODD, ":", "- ", "{", "}", "&a ", "*a", "!!str ", "|\n", ">-\n", "? ", "---\n", "  "]
 
 
-@st.composite
-def mutated_yaml(draw: st.DrawFn) -> str:
-    tokens = list(TOKENS)
-    for _ in range(draw(st.integers(1, 6))):
-        at = draw(st.integers(0, len(tokens) - 1))
-        action = draw(st.sampled_from(["delete", "duplicate", "swap", "replace", "insert"]))
-        if action == "delete":
-            del tokens[at]
-        elif action == "duplicate":
-            tokens.insert(at, tokens[at])
-        elif action == "swap" and at + 1 < len(tokens):
-            tokens[at], tokens[at + 1] = tokens[at + 1], tokens[at]
-        elif action == "replace":
-            tokens[at] = draw(st.sampled_from(WORDS + YAML_ODD))
-        else:
-            tokens.insert(at, draw(st.sampled_from(YAML_ODD) | st.characters()))
-        if not tokens:
-            break
-    return "".join(tokens)
-
-
 @FUZZ
-@given(mutated_yaml())
+@given(mutated(TOKENS, YAML_ODD))
 def test_mutated_yaml_rule_files(text: str) -> None:
     assert_answer(parse_yaml_rules(text, "fuzz.yaml"))
 
