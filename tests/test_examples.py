@@ -27,6 +27,7 @@ from policyd.rules.typecheck import (
     statement_expressions,
 )
 from policyd.rules.workflows import check_variables, load_workflow_file
+from policyd.rules.yaml_schema import VERBS
 from policyd.stations.config import SiteConfig, load_site_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "aps"
@@ -177,19 +178,7 @@ def test_every_verb_in_both_forms(files: dict[Path, ast.File]) -> None:
     verbs: dict[str, set[str]] = {}
     for path, statement in _statements(files):
         verbs.setdefault(type(statement).__name__.lower(), set()).add(path.suffix)
-    expected = {
-        "place",
-        "replicate",
-        "archive",
-        "release",
-        "expire",
-        "protect",
-        "alarm",
-        "grant",
-        "run",
-        "verify",
-    }
-    assert set(verbs) == expected
+    assert set(verbs) == set(VERBS)
     assert all(forms == {".policy", ".yaml"} for forms in verbs.values()), verbs
 
 
