@@ -1,0 +1,441 @@
+"""The SQL backend of the predicate IR: one SQLAlchemy Core expression for SQLite and
+PostgreSQL alike.
+
+SQL's three-valued logic is what makes a naive translation wrong: `NOT (end > :now)`
+is NULL, not true, when `end` is NULL. So every condition compiles to a two-valued
+expression: a comparison is guarded by `x IS NOT NULL` for each operand that may be
+null, equality uses `IS NOT DISTINCT FROM` where null is a value, and `NOT` then means
+what spec/rules.md section 4 says. The few things the two databases spell differently
+(JSON metadata, list membership, byte-order text comparison, globs) are small
+constructs below with one rendering per dialect, so the compiler itself has one code
+path. What SQL cannot express raises `ir.Unsupported`; `pushdown` keeps such parts of
+a conjunction for the Python backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    and_,
+    case,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import Boolean, Double, Text
+
+from policyd.catalog.schema import locations, replicas
+from policyd.rules import ir
+
+# ---- dialect constructs
+
+
+class MetaValue(ColumnElement[Any]):
+    """A metadata key's value when it is of `category`, else NULL."""
+
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any], key: str, category: ir.Category) -> None:
+        self.column = column
+        self.key = key
+        self.category = category
+        self.type = {"number": Double(), "bool": Boolean()}.get(category, Text())
+
+
+class MetaIsNull(ColumnElement[bool]):
+    """Whether a metadata key is missing or JSON null."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, column: ColumnElement[Any], key: str) -> None:
+        self.column = column
+        self.key = key
+
+
+class ListContains(ColumnElement[bool]):
+    """Whether a JSON list column holds `item` (text)."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, column: ColumnElement[Any], item: ColumnElement[Any]) -> None:
+        self.column = column
+        self.item = item
+
+
+class ByteOrder(ColumnElement[str]):
+    """Text compared by code point, as Python and SQLite do; PostgreSQL databases often
+    have a natural-language collation, where `'a' < 'B'`."""
+
+    inherit_cache = True
+    type = Text()
+
+    def __init__(self, inner: ColumnElement[Any]) -> None:
+        self.inner = inner
+
+
+class GlobMatch(ColumnElement[bool]):
+    """A glob whose only wildcards are "any characters" and "one character"."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, operand: ColumnElement[Any], tokens: tuple[str, ...]) -> None:
+        self.operand = operand
+        self.tokens = tokens  # literal text, or the wildcards "*" and "?"
+
+
+_SQLITE_JSON_TYPES: Final = {
+    "text": "('text')",
+    "number": "('integer', 'real')",
+    "bool": "('true', 'false')",
+}
+_PG_JSON_TYPES: Final = {"text": "string", "number": "number", "bool": "boolean"}
+_PG_CASTS: Final = {"text": "", "number": "::double precision", "bool": "::boolean"}
+
+
+def _sqlite_path(compiler: SQLCompiler, key: str) -> str:
+    return compiler.process(literal('$."' + key + '"'))
+
+
+@compiles(MetaValue, "sqlite")
+def _meta_sqlite(element: MetaValue, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    path = _sqlite_path(compiler, element.key)
+    types = _SQLITE_JSON_TYPES[element.category]
+    return (
+        f"(CASE WHEN json_type({column}, {path}) IN {types} "
+        f"THEN json_extract({column}, {path}) END)"
+    )
+
+
+@compiles(MetaValue, "postgresql")
+def _meta_pg(element: MetaValue, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    key = compiler.process(literal(element.key), **kw)
+    kind = _PG_JSON_TYPES[element.category]
+    cast = _PG_CASTS[element.category]
+    return (
+        f"(CASE WHEN jsonb_typeof({column} -> {key}) = '{kind}' "
+        f"THEN ({column} ->> {key}){cast} END)"
+    )
+
+
+@compiles(MetaIsNull, "sqlite")
+def _meta_null_sqlite(element: MetaIsNull, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    path = _sqlite_path(compiler, element.key)
+    return f"(coalesce(json_type({column}, {path}), 'null') = 'null')"
+
+
+@compiles(MetaIsNull, "postgresql")
+def _meta_null_pg(element: MetaIsNull, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    key = compiler.process(literal(element.key), **kw)
+    return f"(coalesce(jsonb_typeof({column} -> {key}), 'null') = 'null')"
+
+
+@compiles(ListContains, "sqlite")
+def _contains_sqlite(element: ListContains, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    item = compiler.process(element.item, **kw)
+    return (
+        f"EXISTS (SELECT 1 FROM json_each({column}) AS j "
+        f"WHERE j.type = 'text' AND j.value = {item})"
+    )
+
+
+@compiles(ListContains, "postgresql")
+def _contains_pg(element: ListContains, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    item = compiler.process(element.item, **kw)
+    return f"({column} @> jsonb_build_array(CAST({item} AS TEXT)))"
+
+
+@compiles(ByteOrder)
+def _byte_order(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.inner, **kw)
+
+
+@compiles(ByteOrder, "postgresql")
+def _byte_order_pg(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    return f'({compiler.process(element.inner, **kw)} COLLATE "C")'
+
+
+def _glob_sqlite_text(tokens: tuple[str, ...]) -> str:
+    escape = {"*": "[*]", "?": "[?]", "[": "[[]"}
+    return "".join(t if t in ("*", "?") else "".join(escape.get(c, c) for c in t) for t in tokens)
+
+
+def _like_text(tokens: tuple[str, ...]) -> str:
+    wildcard = {"*": "%", "?": "_"}
+    escape = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
+    return "".join(
+        wildcard[t] if t in wildcard else "".join(escape.get(c, c) for c in t) for t in tokens
+    )
+
+
+@compiles(GlobMatch, "sqlite")
+def _glob_sqlite(element: GlobMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    operand = compiler.process(element.operand, **kw)
+    pattern = compiler.process(literal(_glob_sqlite_text(element.tokens)), **kw)
+    return f"({operand} GLOB {pattern})"
+
+
+@compiles(GlobMatch, "postgresql")
+def _glob_pg(element: GlobMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    operand = compiler.process(element.operand, **kw)
+    pattern = compiler.process(literal(_like_text(element.tokens)), **kw)
+    return f"({operand} LIKE {pattern} ESCAPE '\\')"
+
+
+def glob_tokens(node: ir.Glob) -> tuple[str, ...] | None:
+    """The glob as literal runs and the wildcards `*` (any characters) and `?` (one), or
+    None when it needs the regex: `*` and `?` are only "any" where they cannot meet a
+    `/` (a name-only glob, matched on the name), and `**` is "any" except in `/**/`
+    and a leading `**/`, which also match no folder at all."""
+    tokens: list[str] = []
+    text = node.glob
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            tokens.append(text[i + 1])
+            i += 2
+        elif text.startswith("**", i):
+            j = i + 2
+            while j < len(text) and text[j] == "*":
+                j += 1
+            if (i == 0 or text[i - 1] == "/") and j < len(text) and text[j] == "/":
+                return None
+            tokens.append("*")
+            i = j
+        elif ch in "*?":
+            if not node.name_only:
+                return None
+            tokens.append(ch)
+            i += 1
+        else:
+            tokens.append(ch)
+            i += 1
+    merged: list[str] = []
+    for token in tokens:
+        if merged and token not in ("*", "?") and merged[-1] not in ("*", "?"):
+            merged[-1] += token
+        else:
+            merged.append(token)
+    return tuple(merged)
+
+
+# ---- the compiler
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The tables (or aliases) a predicate reads: the file's row and its experiment's."""
+
+    files: FromClause
+    experiments: FromClause
+
+    def column(self, name: str) -> ColumnElement[Any]:
+        scope, attribute = name.split(".", 1)
+        table = self.files if scope == "file" else self.experiments
+        if name == "file.dir":
+            path, fname = table.c.path, table.c.name
+            return case(
+                (func.length(path) == func.length(fname), literal("")),
+                else_=func.substr(path, 1, func.length(path) - func.length(fname) - 1),
+            )
+        return table.c[attribute]
+
+
+def row_columns(sources: Sources) -> list[ColumnElement[Any]]:
+    """Every field a predicate reads, labelled with its IR name, so that a result row's
+    mapping is a row for the Python backend (add `replicas` for `copies()`)."""
+    columns = [
+        sources.files.c.id.label("file.id"),
+        sources.experiments.c.id.label("experiment.id"),
+    ]
+    columns += [sources.column(name).label(name) for name in ir.FIELDS]
+    columns += [
+        sources.files.c.meta.label("file.meta"),
+        sources.experiments.c.meta.label("experiment.meta"),
+    ]
+    return columns
+
+
+@dataclass
+class Pushdown:
+    """A condition split for the database: `sql` (None: every row) and the `residual`
+    left for Python (None: nothing), with why each residual part stayed behind."""
+
+    sql: ColumnElement[bool] | None
+    residual: ir.Node | None
+    reasons: list[str] = field(default_factory=list)
+
+
+class SqlCompiler:
+    def __init__(self, sources: Sources) -> None:
+        self.src = sources
+
+    # values: (expression, may it be NULL)
+
+    def value(self, node: ir.Node, category: ir.Category) -> tuple[ColumnElement[Any], bool]:
+        match node:
+            case ir.Const(value=None):
+                return literal(None), True
+            case ir.Const(value=bool() as flag):
+                return (true() if flag else false()), False
+            case ir.Const(value=str() | int() | float() as value):
+                return literal(value), False
+            case ir.Field(name=name):
+                if node.category == "list":
+                    raise ir.Unsupported(node, f"{name} is a list; only `in` reads it")
+                return self.src.column(name), node.nullable
+            case ir.Meta(scope=scope, key=key):
+                if category not in _PG_JSON_TYPES:
+                    raise ir.Unsupported(node, "comparing two untyped metadata values")
+                if '"' in key or "\\" in key:
+                    raise ir.Unsupported(node, f"metadata key {key!r} holds a quote")
+                column = self.src.column(f"{scope}.meta")
+                return MetaValue(column, key, category), True
+            case ir.Copies(tier=tier, location=location):
+                return self.copies(tier, location), False
+            case ir.Arith(op=op, left=left, right=right):
+                a, an = self.value(left, "number")
+                b, bn = self.value(right, "number")
+                return (a + b if op == "+" else a - b), an or bn
+            case ir.Neg(operand=operand):
+                a, an = self.value(operand, "number")
+                return -a, an
+        raise ir.Unsupported(node, f"{type(node).__name__} has no SQL form")
+
+    def copies(self, tier: str | None, location: str | None) -> ColumnElement[Any]:
+        query = (
+            select(func.count())
+            .select_from(replicas.join(locations, locations.c.id == replicas.c.location_id))
+            .where(replicas.c.file_id == self.src.files.c.id, replicas.c.state == "verified")
+        )
+        if tier is not None:
+            query = query.where(locations.c.tier == tier)
+        if location is not None:
+            query = query.where(locations.c.name == location)
+        return query.scalar_subquery()
+
+    # conditions: never NULL
+
+    def condition(self, node: ir.Node) -> ColumnElement[bool]:
+        match node:
+            case ir.Const(value=bool() as flag):
+                return true() if flag else false()
+            case ir.And(items=items):
+                return and_(*(self.condition(i) for i in items))
+            case ir.Or(items=items):
+                return or_(*(self.condition(i) for i in items))
+            case ir.Not(operand=operand):
+                return not_(self.condition(operand))
+            case ir.IsNull(operand=operand):
+                return self.is_null(operand)
+            case ir.Cmp():
+                return self.compare(node)
+            case ir.Glob():
+                return self.glob(node)
+            case ir.Regex(operand=operand, regex=regex):
+                value, nullable = self.value(operand, "text")
+                return _guarded(value.regexp_match(regex), (value, nullable))
+            case ir.In():
+                return self.member(node)
+        raise ir.Unsupported(node, f"{type(node).__name__} is not a condition in SQL")
+
+    def is_null(self, operand: ir.Node) -> ColumnElement[bool]:
+        if isinstance(operand, ir.Meta):
+            return MetaIsNull(self.src.column(f"{operand.scope}.meta"), operand.key)
+        if isinstance(operand, ir.Field):
+            column = self.src.column(operand.name)
+            return column.is_(None) if operand.nullable else false()
+        value, nullable = self.value(operand, ir.value_category(operand))
+        return value.is_(None) if nullable else false()
+
+    def compare(self, node: ir.Cmp) -> ColumnElement[bool]:
+        category = node.category
+        if category in ("list", "any"):
+            raise ir.Unsupported(node, "a comparison whose kind only evaluation tells")
+        a, an = self.value(node.left, category)
+        b, bn = self.value(node.right, category)
+        if node.op in ("==", "!="):
+            if an or bn:
+                return a.is_not_distinct_from(b) if node.op == "==" else a.is_distinct_from(b)
+            return a == b if node.op == "==" else a != b
+        if category == "bool":
+            return false()
+        if category == "text":
+            a, b = ByteOrder(a), ByteOrder(b)
+        test = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[node.op]
+        return _guarded(test, (a, an), (b, bn))
+
+    def glob(self, node: ir.Glob) -> ColumnElement[bool]:
+        operand = node.operand
+        tokens = glob_tokens(node)
+        fast = tokens is not None and isinstance(operand, ir.Field)
+        if fast and (
+            operand.name == "file.path" or (operand.name, node.name_only) == ("file.name", True)
+        ):
+            target = "file.name" if node.name_only else "file.path"
+            return GlobMatch(self.src.column(target), tokens)
+        value, nullable = self.value(operand, "text")
+        return _guarded(value.regexp_match(node.regex), (value, nullable))
+
+    def member(self, node: ir.In) -> ColumnElement[bool]:
+        item, nullable = self.value(node.item, node.category)
+        container = node.container
+        if isinstance(container, ir.Const) and isinstance(container.value, tuple):
+            values = [v for v in container.value if v is not None]
+            if node.category == "any":
+                raise ir.Unsupported(node, "membership whose kind only evaluation tells")
+            if not values:
+                return false()
+            return _guarded(item.in_(values), (item, nullable))
+        if isinstance(container, ir.Field) and container.name == "experiment.users":
+            if node.category != "text":
+                return false()
+            column = self.src.column(container.name)
+            return _guarded(ListContains(column, item), (item, nullable), (column, True))
+        raise ir.Unsupported(node, "membership in a list that is not a constant or a field")
+
+
+def _guarded(
+    test: ColumnElement[bool], *operands: tuple[ColumnElement[Any], bool]
+) -> ColumnElement[bool]:
+    guards = [value.is_not(None) for value, nullable in operands if nullable]
+    return and_(*guards, test) if guards else test
+
+
+def pushdown(node: ir.Node, sources: Sources) -> Pushdown:
+    """The parts of a conjunction SQL can express, and the rest for Python."""
+    compiler = SqlCompiler(sources)
+    pushed: list[ColumnElement[bool]] = []
+    left: list[ir.Node] = []
+    reasons: list[str] = []
+    for part in ir.conjuncts(node):
+        try:
+            pushed.append(compiler.condition(part))
+        except ir.Unsupported as exc:
+            left.append(part)
+            reasons.append(exc.reason)
+    sql = and_(*pushed) if pushed else None
+    residual = ir.conjunction(left) if left else None
+    return Pushdown(sql, residual, reasons)
+
+
+__all__ = ["Pushdown", "Sources", "SqlCompiler", "glob_tokens", "pushdown", "row_columns"]
