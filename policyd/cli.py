@@ -408,6 +408,101 @@ def check(paths: tuple[Path, ...], config: Path | None, fmt: str) -> None:
     raise click.exceptions.Exit(check_command([*([config] if config else []), *paths], fmt))
 
 
+def parse_at(value: str | None, site: Site) -> float:
+    """`--at TIME` as epoch seconds (the site timezone when TIME has no offset); the
+    wall clock without it. The planner itself never reads the clock."""
+    if value is None:
+        return time.time()
+    from policyd.rules.ir import time_value
+
+    try:
+        return time_value(value, site.tz)
+    except ValueError:
+        raise fail(
+            f"--at {value!r} is not a time", "write e.g. 2026-11-24 or 2026-11-24T08:00:00Z"
+        ) from None
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@click.option("--at", "at", metavar="TIME", help="Plan as of TIME instead of now (ISO 8601).")
+@click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
+@click.option("--station", metavar="S", help="Only files and rules of station S.")
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), help="Write the plan file here."
+)
+@format_option("text", "json")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when there is nothing to do, 2 when the plan has changes, 1 on error.",
+)
+@friendly_errors
+def plan(
+    config: Path | None,
+    at: str | None,
+    rules: tuple[str, ...],
+    station: str | None,
+    out_file: Path | None,
+    fmt: str,
+    detailed_exitcode: bool,
+) -> None:
+    """Evaluate the rules against the catalog and show what would be done; change nothing.
+
+    \b
+    Examples:
+      policyd plan
+      policyd plan --at 2026-11-24T08:00:00Z --out plan.json
+      policyd plan --rule archive-raw --station 8IDI --format json
+      policyd plan --detailed-exitcode || echo "changes pending"
+    """
+    from policyd.planner.engine import PlanOptions, RuleSelectionError
+    from policyd.planner.render import render_text, summary_line
+    from policyd.planner.run import plan_site
+
+    site = site_for(config)
+    options = PlanOptions(parse_at(at, site), rules, station)
+    with PlanningProgress() as progress:
+        try:
+            result = plan_site(site, options, progress.update)
+        except RuleSelectionError as exc:
+            raise fail(str(exc), "policyd check lists the rules with their full names") from None
+    if out_file is not None:
+        with out_file.open("wb") as handle:
+            result.write_json(handle)
+        err.print(f"plan written to {out_file}: {summary_line(result)}", highlight=False)
+    if fmt == "json":
+        result.write_json(sys.stdout.buffer)
+        sys.stdout.flush()
+    elif out_file is None or out.is_terminal:
+        out.print(render_text(result), highlight=False, markup=False)
+    if detailed_exitcode and result.has_changes:
+        raise click.exceptions.Exit(2)
+
+
+class PlanningProgress:
+    """Files planned so far, on stderr, for long plans on a terminal."""
+
+    def __init__(self) -> None:
+        self.status: Any = None
+
+    def __enter__(self) -> PlanningProgress:
+        if err.is_terminal:
+            self.status = err.status("planning...")
+            self.status.__enter__()
+        return self
+
+    def update(self, count: int) -> None:
+        if self.status is not None:
+            self.status.update(f"planning: {count:,} candidate files")
+        else:
+            log.info("planning: %s candidate files", count)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(None, None, None)
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(

@@ -56,6 +56,7 @@ class CheckResult:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    rule_files: list[RuleFile] = field(default_factory=list)  # the first site's, in config order
 
     @property
     def errors(self) -> int:
@@ -91,6 +92,7 @@ class _Run:
         self.diagnostics: list[Diagnostic] = []
         self.files: dict[str, None] = {}
         self.seen: set[Path] = set()
+        self.rule_files: list[RuleFile] = []
 
     def read(self, path: Path) -> None:
         self.files[str(path)] = None
@@ -353,6 +355,7 @@ def _check(paths: Sequence[str | Path], run: _Run) -> None:
         ]
         if index == 0:
             files += loose_files
+            run.rule_files = files
         names = site.names
         if names.workflows is not None or site.workflows:
             names = SiteNames(names.locations, names.channels, names.stations, site.workflows)
@@ -377,7 +380,7 @@ def check_site(paths: Sequence[str | Path] = ()) -> CheckResult:
             Diagnostic("internal-error", f"internal error: {type(exc).__name__}: {exc}", None)
         )
     unique = list(dict.fromkeys(run.diagnostics))
-    return CheckResult(sorted_diagnostics(unique), list(run.files))
+    return CheckResult(sorted_diagnostics(unique), list(run.files), run.rule_files)
 
 
 # ---- output

@@ -47,7 +47,13 @@ FIELDS: Final[dict[str, tuple[Category, bool]]] = {
     "experiment.end": ("number", True),
     "experiment.users": ("list", True),
     "experiment.pinned_until": ("number", True),
+    "location.name": ("text", False),
+    "location.tier": ("text", False),
+    "location.site": ("text", True),
 }
+
+#: The fields a file's row holds (the `location.*` ones exist in `locations where` only).
+FILE_FIELDS: Final = tuple(name for name in FIELDS if not name.startswith("location."))
 
 #: Attributes that are another field under a second name.
 ALIASES: Final = {"station": "experiment.station"}
@@ -249,6 +255,36 @@ def children(node: Node) -> tuple[Node, ...]:
     return ()
 
 
+def rewrite(node: Node, leaf: Callable[[Node], Node | None]) -> Node:
+    """`node` with each leaf (a node without children) replaced by `leaf(leaf_node)`
+    where that is not None, and every rebuilt node folded again: a backend that knows
+    some fields' values (Mongo knows the experiment of a collection) substitutes
+    constants and is left with less to compile."""
+    match node:
+        case Arith(op=op, left=a, right=b):
+            return fold(Arith(op, rewrite(a, leaf), rewrite(b, leaf)))
+        case Neg(operand=o):
+            return fold(Neg(rewrite(o, leaf)))
+        case Cmp(op=op, left=a, right=b, category=category):
+            return fold(Cmp(op, rewrite(a, leaf), rewrite(b, leaf), category))
+        case Glob(operand=o):
+            return fold(Glob(rewrite(o, leaf), node.glob, node.regex, node.name_only))
+        case Regex(operand=o):
+            return fold(Regex(rewrite(o, leaf), node.pattern, node.regex))
+        case In(item=a, container=b, category=category):
+            return fold(In(rewrite(a, leaf), rewrite(b, leaf), category))
+        case IsNull(operand=o):
+            return fold(IsNull(rewrite(o, leaf)))
+        case And(items=items):
+            return conjunction([rewrite(i, leaf) for i in items])
+        case Or(items=items):
+            return disjunction([rewrite(i, leaf) for i in items])
+        case Not(operand=o):
+            return fold(negation(rewrite(o, leaf)))
+    replaced = leaf(node)
+    return node if replaced is None else replaced
+
+
 def walk(node: Node) -> Iterator[Node]:
     stack = [node]
     while stack:
@@ -318,7 +354,9 @@ def glob_regex(glob: str) -> tuple[str, bool]:
             while j < n and glob[j] == "*":
                 j += 1
             at_start = i == 0 or glob[i - 1] == "/"
-            if at_start and j < n and glob[j] == "/":
+            if name_only:
+                out.append("[^/]*")  # a name holds no `/`: `**` is `*` there
+            elif at_start and j < n and glob[j] == "/":
                 out.append("(?:.*/)?")  # `**/` also matches no folder at all
                 j += 1
             else:

@@ -267,7 +267,7 @@ def row_columns(sources: Sources) -> list[ColumnElement[Any]]:
         sources.files.c.id.label("file.id"),
         sources.experiments.c.id.label("experiment.id"),
     ]
-    columns += [sources.column(name).label(name) for name in ir.FIELDS]
+    columns += [sources.column(name).label(name) for name in ir.FILE_FIELDS]
     columns += [
         sources.files.c.meta.label("file.meta"),
         sources.experiments.c.meta.label("experiment.meta"),

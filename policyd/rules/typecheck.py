@@ -745,7 +745,7 @@ def _sub_span(span: Span, offset: int, length: int, text_offset: int) -> Span:
     return Span(span.file, span.line, col, span.line, col + length)
 
 
-def _scan_placeholder(text: str, start: int) -> int:
+def scan_placeholder(text: str, start: int) -> int:
     """The index of the `}` that closes the placeholder opened at `start`, or -1."""
     i = start + 1
     in_string = False
@@ -764,7 +764,7 @@ def _scan_placeholder(text: str, start: int) -> int:
     return -1
 
 
-def _split_format(inner: str) -> tuple[str, str | None]:
+def split_format(inner: str) -> tuple[str, str | None]:
     """`experiment.start:%Y-%m` -> (`experiment.start`, `%Y-%m`); quotes protect a `:`."""
     in_string = False
     for i, ch in enumerate(inner):
@@ -836,7 +836,7 @@ def check_template(
             skeleton.append(ch)
             i += 1
             continue
-        end = _scan_placeholder(text, i)
+        end = scan_placeholder(text, i)
         if end < 0:
             broken = True
             error(
@@ -894,7 +894,7 @@ def _check_placeholder(
     """Check one `{...}`; return what it contributes to the skeleton path."""
     from policyd.grammar.dsl import parse_expression
 
-    name_text, fmt = _split_format(inner)
+    name_text, fmt = split_format(inner)
     if name_text != name_text.strip():
         error(
             "bad-template",

@@ -1,0 +1,947 @@
+"""Reconciliation: the rules against the catalog and the storage state -> a Plan.
+
+The database narrows, Python decides. Each selected rule's `where` is pushed down as
+SQL together with "this file may need something" (no verified replica where the rule
+wants one, a replica where it releases, no job for this content, ...), so one query
+over files streams just the candidates, in file order, with every enabled rule's
+match flag computed by the database. For each candidate, Python takes the flags (and
+evaluates whatever part of a rule SQL could not express), the file's replicas, and
+decides per spec/rules.md section 5: the desired replicas and locks of every enabled
+rule, copies with their sources, deletes only above the safety floor, expires,
+workflow runs. Threshold releases and fixity checks need a global order (`order by`,
+least recently verified), so they run after, each as its own ordered query that
+stops as soon as it has enough. Alarms and grants are per location and per experiment.
+
+The planner writes nothing. Given the same catalog, config, rules and `now`, it makes
+the same plan: every order it depends on is spelled out (file id, config order,
+location order, `order by` then file id).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, true
+from sqlalchemy.engine import Connection
+
+from policyd.catalog.schema import (
+    alarm_states,
+    experiments,
+    files,
+    grants,
+    jobs,
+    locations,
+    notices,
+    replicas,
+)
+from policyd.grammar import ast
+from policyd.planner.fingerprint import catalog_fingerprint
+from policyd.planner.layout import DEFAULT_LAYOUT, NO_STATION_LAYOUT, Template, TemplateError
+from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, iso
+from policyd.planner.storage import StorageState
+from policyd.rules import ir, model
+from policyd.rules.pyeval import Evaluator, ReplicaView, Row, compile_python
+from policyd.rules.sqlgen import Pushdown, Sources, SqlCompiler, pushdown, row_columns
+from policyd.rules.typecheck import expression_text
+from policyd.stations.config import SiteConfig
+from policyd.units import format_duration
+
+BATCH = 2000
+GOOD = ("present", "verified")
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    location: str
+    state: str
+    path: str
+    size: int | None
+    verified_at: float | None
+
+
+@dataclass
+class FileRule:
+    """One file-level statement of a rule, compiled for this plan."""
+
+    rule: model.Rule
+    statement: model.Statement
+    where: ir.Node
+    push: Pushdown
+    residual: Evaluator | None
+    flag: str
+    selected: bool
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+@dataclass
+class Planned:
+    """What the plan already does to one file, for the passes after the first."""
+
+    verified: dict[str, str] = field(default_factory=dict)  # location -> verify action id
+    deleted: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PlanOptions:
+    now: float
+    rules: Sequence[str] = ()  # full or short names; empty means every rule
+    station: str | None = None
+
+
+class RuleSelectionError(ValueError):
+    """`--rule` names no rule, or a short name more than one."""
+
+
+def select_rules(rules: Sequence[model.Rule], names: Sequence[str]) -> set[str]:
+    """Full names of the rules `--rule` picks (a short name where it is unambiguous)."""
+    if not names:
+        return {r.name for r in rules}
+    chosen: set[str] = set()
+    for name in names:
+        exact = [r for r in rules if r.name == name]
+        short = [r for r in rules if r.short_name == name]
+        found = exact or short
+        if not found:
+            known = ", ".join(r.name for r in rules) or "none"
+            raise RuleSelectionError(f"no rule named {name!r} (rules: {known})")
+        if len(found) > 1:
+            names_found = ", ".join(r.name for r in found)
+            raise RuleSelectionError(
+                f"{name!r} names several rules: {names_found}; give the full name"
+            )
+        chosen.add(found[0].name)
+    return chosen
+
+
+class Planner:
+    def __init__(
+        self,
+        config: SiteConfig,
+        engine: Engine,
+        rules: Sequence[model.Rule],
+        options: PlanOptions,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.now = options.now
+        self.station = options.station
+        self.rules = [r for r in rules if not r.disabled]
+        self.selected = select_rules(self.rules, options.rules)
+        if self.station is not None:
+            self.selected = {
+                r.name
+                for r in self.rules
+                if r.name in self.selected and r.station in (None, self.station)
+            }
+        self.progress = progress
+        self.storage = StorageState(config, engine, self.now)
+        roots = {
+            name: str(loc.root_path) for name, loc in config.locations.items() if loc.root_path
+        }
+        self.bindings = ir.Bindings(self.now, config.tzinfo, self.storage.value, roots)
+        self.sources = Sources(files, experiments)
+        self.min_copies = max(config.safety.min_copies, 1)
+        self.grace = float(config.safety.release_grace or 0.0)
+        self.location_order = {name: i for i, name in enumerate(config.locations)}
+        self.plan = Plan(
+            config.site,
+            self.now,
+            "",
+            max_delete_per_run=config.safety.max_delete_per_run,
+        )
+        self.planned: dict[int, Planned] = {}
+        self.templates: dict[str, Template] = {}
+        self.with_cache: dict[str, list[tuple[str, Evaluator]]] = {}
+        self.location_ids: dict[str, int] = {}
+        self.location_names: dict[int, str] = {}
+        self.notice_sent: dict[tuple[str, str, str], float] = {}
+        self.pending_notices: dict[tuple[str, str, str], Notice] = {}
+        self.file_rules = self._compile_file_rules()
+
+    # ---- compiling the rules
+
+    def _compile_file_rules(self) -> list[FileRule]:
+        out: list[FileRule] = []
+        for rule in self.rules:
+            for statement in rule.statements:
+                if statement.verb not in model.FILE_VERBS and statement.verb != "verify":
+                    continue
+                where = ir.lower(statement.where, self.bindings, rule.station)  # type: ignore[union-attr]
+                push = pushdown(where, self.sources)
+                residual = compile_python(push.residual) if push.residual is not None else None
+                out.append(
+                    FileRule(
+                        rule,
+                        statement,
+                        where,
+                        push,
+                        residual,
+                        f"m{len(out)}",
+                        rule.name in self.selected,
+                    )
+                )
+        return out
+
+    def template(self, text: str) -> Template:
+        if text not in self.templates:
+            self.templates[text] = Template(text, self.config.tzinfo)
+        return self.templates[text]
+
+    # ---- catalog lookups
+
+    def _location_ids(self, conn: Connection) -> dict[str, int]:
+        return {name: id_ for id_, name in conn.execute(select(locations.c.id, locations.c.name))}
+
+    def _replica_exists(self, names: Sequence[str], states: Sequence[str]) -> ColumnElement[bool]:
+        ids = [self.location_ids[n] for n in names if n in self.location_ids]
+        return exists().where(
+            replicas.c.file_id == files.c.id,
+            replicas.c.location_id.in_(ids),
+            replicas.c.state.in_(states),
+        )
+
+    def _verified_count(self, names: Sequence[str]) -> ColumnElement[int]:
+        ids = [self.location_ids[n] for n in names if n in self.location_ids]
+        return (
+            select(func.count())
+            .where(
+                replicas.c.file_id == files.c.id,
+                replicas.c.location_id.in_(ids),
+                replicas.c.state == "verified",
+            )
+            .scalar_subquery()
+        )
+
+    def _candidate(self, fr: FileRule) -> ColumnElement[bool] | None:
+        """SQL for "this file may need an action from this rule" (a superset)."""
+        s = fr.statement
+        where = fr.push.sql if fr.push.sql is not None else true()
+        match s:
+            case model.Place(on=on):
+                need = ~self._replica_exists([on], ["verified"])
+            case model.Replicate(copies=copies, on=on):
+                need = self._verified_count(on) < copies
+            case model.Archive(to=to, release_from=release_from):
+                need = or_(
+                    ~self._replica_exists([to], ["verified"]),
+                    self._replica_exists(release_from, [*GOOD, "corrupt"]),
+                )
+            case model.Release(from_=from_, when=None):
+                need = self._replica_exists(from_, [*GOOD, "corrupt"])
+            case model.Expire():
+                need = true()
+            case model.Run(workflow=workflow):
+                need = or_(
+                    files.c.md5.is_(None),
+                    ~exists().where(
+                        jobs.c.file_id == files.c.id,
+                        jobs.c.workflow == workflow,
+                        jobs.c.content == files.c.md5,
+                    ),
+                )
+            case _:
+                return None
+        return and_(where, need)
+
+    def _rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, dict[str, bool]]]:
+        """Rows of `query` (row columns and flags) with their replicas and jobs, batched."""
+        result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
+        want_jobs = any(isinstance(fr.statement, model.Run) for fr in self.file_rules)
+        for batch in result.partitions():
+            rows = [dict(r._mapping) for r in batch]
+            ids = [r["file.id"] for r in rows]
+            by_file: dict[int, list[Replica]] = {}
+            views: dict[int, list[ReplicaView]] = {}
+            for file_id, location_id, state, path, size, verified_at in conn.execute(
+                select(
+                    replicas.c.file_id,
+                    replicas.c.location_id,
+                    replicas.c.state,
+                    replicas.c.path,
+                    replicas.c.size,
+                    replicas.c.verified_at,
+                )
+                .where(replicas.c.file_id.in_(ids))
+                .order_by(replicas.c.file_id, replicas.c.location_id)
+            ):
+                name = self.location_names.get(location_id)
+                if name is None:
+                    continue
+                by_file.setdefault(file_id, []).append(
+                    Replica(name, state, path, size, verified_at)
+                )
+                tier = self.config.locations[name].tier if name in self.config.locations else ""
+                views.setdefault(file_id, []).append(ReplicaView(name, tier, state, path))
+            job_content: dict[int, set[tuple[str, str]]] = {}
+            if want_jobs:
+                for file_id, workflow, content in conn.execute(
+                    select(jobs.c.file_id, jobs.c.workflow, jobs.c.content).where(
+                        jobs.c.file_id.in_(ids)
+                    )
+                ):
+                    job_content.setdefault(file_id, set()).add((workflow, content))
+            for row in rows:
+                file_id = row["file.id"]
+                row["replicas"] = views.get(file_id, [])
+                row["_replicas"] = by_file.get(file_id, [])
+                row["_jobs"] = job_content.get(file_id, set())
+                flags = {fr.flag: bool(row.pop(fr.flag)) for fr in self.file_rules}
+                yield row, flags
+
+    def _file_query(self, condition: ColumnElement[bool] | None) -> Any:
+        columns = row_columns(self.sources)
+        columns += [
+            (fr.push.sql if fr.push.sql is not None else true()).label(fr.flag)
+            for fr in self.file_rules
+        ]
+        query = (
+            select(*columns)
+            .select_from(files.join(experiments, experiments.c.id == files.c.experiment_id))
+            .where(files.c.expired_at.is_(None))
+        )
+        if condition is not None:
+            query = query.where(condition)
+        if self.station is not None:
+            query = query.where(experiments.c.station == self.station)
+        return query
+
+    # ---- one file
+
+    def matches(self, fr: FileRule, row: Row, flags: dict[str, bool]) -> bool:
+        if not flags[fr.flag]:
+            return False
+        return fr.residual is None or bool(fr.residual(row))
+
+    def layout(self, row: Row, matched: list[FileRule]) -> tuple[FileRule | None, str]:
+        places = [fr for fr in matched if isinstance(fr.statement, model.Place)]
+        if places:
+            winner = max(places, key=lambda fr: (fr.rule.priority, -fr.rule.order))
+            return winner, winner.statement.at  # type: ignore[union-attr]
+        default = DEFAULT_LAYOUT if row.get("experiment.station") else NO_STATION_LAYOUT
+        return None, default
+
+    def desired(
+        self, row: Row, matched: list[FileRule], reps: dict[str, Replica]
+    ) -> dict[str, FileRule]:
+        """Location -> the first rule that wants a replica there (the locks)."""
+        want: dict[str, FileRule] = {}
+        winner, _ = self.layout(row, matched)
+        if winner is not None:
+            want.setdefault(winner.statement.on, winner)  # type: ignore[union-attr]
+        for fr in matched:
+            s = fr.statement
+            if isinstance(s, model.Archive):
+                want.setdefault(s.to, fr)
+            elif isinstance(s, model.Replicate):
+                for location in self.replicate_targets(s, reps, want):
+                    want.setdefault(location, fr)
+        return want
+
+    def replicate_targets(
+        self, s: model.Replicate, reps: dict[str, Replica], want: dict[str, FileRule]
+    ) -> list[str]:
+        """Existing replicas (and ones other rules already want) count first, then the
+        locations with the most free space, config order breaking ties."""
+        have = [loc for loc in s.on if (loc in reps and reps[loc].state in GOOD) or loc in want]
+        chosen = have[: s.copies]
+        rest = [loc for loc in s.on if loc not in chosen and loc in self.config.locations]
+        rest.sort(key=lambda loc: (-(self.storage.free(loc) or 0), self.location_order[loc]))
+        return chosen + rest[: max(0, s.copies - len(chosen))]
+
+    def plan_file(self, row: Row, flags: dict[str, bool]) -> None:
+        reps = {r.location: r for r in row["_replicas"]}
+        matched = [fr for fr in self.file_rules if self.matches(fr, row, flags)]
+        protected = [fr for fr in matched if isinstance(fr.statement, model.Protect)]
+        pinned = (row.get("experiment.pinned_until") or 0) > self.now
+
+        expires = [fr for fr in matched if fr.selected and isinstance(fr.statement, model.Expire)]
+        if any(self.plan_expire(fr, row, reps, protected, pinned) for fr in expires):
+            return
+
+        want = self.desired(row, matched, reps)
+        _, layout = self.layout(row, matched)
+        state = Planned()
+        for location, fr in want.items():
+            if fr.selected:
+                self.plan_replica(fr, row, reps, location, layout, state)
+
+        for fr in matched:
+            if not fr.selected:
+                continue
+            s = fr.statement
+            if isinstance(s, model.Archive):
+                archived = (
+                    s.to in reps and reps[s.to].state == "verified"
+                ) or s.to in state.verified
+                if archived:
+                    for location in s.release_from:
+                        self.plan_delete(
+                            fr, row, reps, location, want, protected, pinned, state, s.notify
+                        )
+            elif isinstance(s, model.Release) and s.when is None:
+                for location in s.from_:
+                    self.plan_delete(
+                        fr, row, reps, location, want, protected, pinned, state, s.notify
+                    )
+            elif isinstance(s, model.Run):
+                self.plan_run(fr, row, reps, state)
+        if state.verified or state.deleted:
+            self.planned[row["file.id"]] = state
+
+    def plan_replica(
+        self,
+        fr: FileRule,
+        row: Row,
+        reps: dict[str, Replica],
+        location: str,
+        layout: str,
+        state: Planned,
+    ) -> None:
+        existing = reps.get(location)
+        verb = fr.statement.verb
+        experiment, path = row["experiment.name"], row["file.path"]
+        if existing is not None and existing.state == "verified":
+            return
+        if existing is not None and existing.state == "present":
+            action = self.plan.new_action(
+                "verify", fr.name, verb, experiment, file=path, target=location
+            )
+            state.verified[location] = action.id
+            return
+        source = self.source(reps, location)
+        if source is None:
+            self.plan.errors.append(
+                PlanError(fr.name, experiment, path, "no present or verified replica to copy from")
+            )
+            return
+        if existing is not None:
+            target_path = existing.path
+        else:
+            try:
+                target_path = self.template(layout).render(row)
+            except TemplateError as exc:
+                self.plan.errors.append(PlanError(fr.name, experiment, path, str(exc)))
+                return
+        size = int(row.get("file.size") or 0)
+        copy = self.plan.new_action(
+            "copy",
+            fr.name,
+            verb,
+            experiment,
+            file=path,
+            source=source,
+            target=location,
+            path=target_path,
+            bytes=size,
+        )
+        verify = self.plan.new_action(
+            "verify", fr.name, verb, experiment, file=path, target=location, after=(copy.id,)
+        )
+        state.verified[location] = verify.id
+        self.storage.add(location, row.get("experiment.station"), size)
+
+    def source(self, reps: dict[str, Replica], target: str) -> str | None:
+        """Not tape first, then the target's site, then config order."""
+        target_site = (
+            self.config.locations[target].site if target in self.config.locations else None
+        )
+        candidates = [
+            r.location
+            for r in reps.values()
+            if r.state in GOOD and r.location in self.config.locations
+        ]
+        if not candidates:
+            return None
+
+        def preference(name: str) -> tuple[int, int, int]:
+            loc = self.config.locations[name]
+            return (loc.tier == "tape", loc.site != target_site, self.location_order[name])
+
+        return min(candidates, key=preference)
+
+    def floor_problem(
+        self, reps: dict[str, Replica], location: str, state: Planned
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """Why deleting the replica on `location` would break the safety floor, or the
+        actions the delete must wait for."""
+        others = [
+            r
+            for r in reps.values()
+            if r.location != location and r.state == "verified" and r.location not in state.deleted
+        ]
+        old = [r for r in others if (r.verified_at or 0) <= self.now - self.grace]
+        if len(old) >= self.min_copies:
+            return None, ()
+        planned = {loc: aid for loc, aid in state.verified.items() if loc != location}
+        required = self.min_copies
+        if self.grace > 0 and len(others) + len(planned) >= required:
+            grace = format_duration(self.grace)
+            return f"release_grace: the copies it relies on are not {grace} old yet", ()
+        if len(old) + len(planned) >= required:
+            return None, tuple(sorted(planned.values(), key=lambda a: int(a[1:])))
+        remaining = len(old) + len(planned)
+        noun = "replica" if remaining == 1 else "replicas"
+        return f"min_copies: {remaining} verified {noun} would remain, {required} required", ()
+
+    def plan_delete(
+        self,
+        fr: FileRule,
+        row: Row,
+        reps: dict[str, Replica],
+        location: str,
+        want: dict[str, FileRule],
+        protected: list[FileRule],
+        pinned: bool,
+        state: Planned,
+        notify: model.NotifyBefore | None,
+    ) -> bool:
+        """Plan the delete of the file's replica on `location` if every rule of the
+        floor allows it; True when it was planned."""
+        replica = reps.get(location)
+        if replica is None or replica.state == "missing" or location in state.deleted:
+            return False
+        if location in want or location in state.verified:
+            return False
+        experiment, path = row["experiment.name"], row["file.path"]
+        reason: str | None = None
+        after: tuple[str, ...] = ()
+        if protected:
+            reason = f"protected by rule {protected[0].name}"
+        elif pinned:
+            reason = f"experiment pinned until {iso(row['experiment.pinned_until'])}"
+        else:
+            reason, after = self.floor_problem(reps, location, state)
+        size = int(replica.size if replica.size is not None else row.get("file.size") or 0)
+        if reason is None and notify is not None:
+            reason = self.notice_wait(fr, experiment, notify, size)
+        if reason is not None:
+            self.plan.blocked.append(Blocked(fr.name, experiment, path, location, reason))
+            return False
+        self.plan.new_action(
+            "delete",
+            fr.name,
+            "release",
+            experiment,
+            file=path,
+            target=location,
+            bytes=size,
+            after=after,
+        )
+        state.deleted.add(location)
+        self.storage.remove(location, row.get("experiment.station"), size)
+        return True
+
+    def notice_wait(
+        self, fr: FileRule, experiment: str, notify: model.NotifyBefore, size: int
+    ) -> str | None:
+        """Why a delete waits for its notice (None once the notice is old enough)."""
+        key = (fr.name, experiment, notify.channel)
+        sent = self.notice_sent.get(key)
+        if sent is not None:
+            if sent <= self.now - notify.before:
+                return None
+            until = iso(sent + notify.before)
+            return f"notice to {notify.channel} sent {iso(sent)}; deletes wait until {until}"
+        notice = self.pending_notices.get(key)
+        if notice is None:
+            notice = Notice(
+                fr.name, experiment, notify.channel, 0, 0, iso(self.now + notify.before)
+            )
+            self.pending_notices[key] = notice
+            self.plan.notices.append(notice)
+        notice.files += 1
+        notice.bytes += size
+        return f"waits for the notice to {notify.channel} ({format_duration(notify.before)} ahead)"
+
+    def plan_expire(
+        self,
+        fr: FileRule,
+        row: Row,
+        reps: dict[str, Replica],
+        protected: list[FileRule],
+        pinned: bool,
+    ) -> bool:
+        experiment, path = row["experiment.name"], row["file.path"]
+        reason = None
+        if protected:
+            reason = f"protected by rule {protected[0].name}"
+        elif pinned:
+            reason = f"experiment pinned until {iso(row['experiment.pinned_until'])}"
+        size = sum(
+            int(r.size if r.size is not None else row.get("file.size") or 0)
+            for r in reps.values()
+            if r.state != "missing"
+        )
+        notify = fr.statement.notify  # type: ignore[union-attr]
+        if reason is None and notify is not None:
+            reason = self.notice_wait(fr, experiment, notify, size)
+        if reason is not None:
+            self.plan.blocked.append(Blocked(fr.name, experiment, path, "*", reason))
+            return False
+        self.plan.new_action("expire", fr.name, "expire", experiment, file=path, bytes=size)
+        for r in reps.values():
+            if r.state != "missing":
+                self.storage.remove(r.location, row.get("experiment.station"), int(r.size or 0))
+        return True
+
+    def plan_run(self, fr: FileRule, row: Row, reps: dict[str, Replica], state: Planned) -> None:
+        s: model.Run = fr.statement  # type: ignore[assignment]
+        md5 = row.get("file.md5")
+        content = md5 if md5 else f"size={row.get('file.size')},modified={row.get('file.modified')}"
+        if (s.workflow, content) in row["_jobs"]:
+            return
+        after: tuple[str, ...] = ()
+        local = [n for n, loc in self.config.locations.items() if loc.root_path is not None]
+        ready = [n for n in local if n in reps and reps[n].state == "verified"]
+        if not ready:
+            waiting = [state.verified[n] for n in local if n in state.verified]
+            if not waiting:
+                self.plan.errors.append(
+                    PlanError(
+                        fr.name,
+                        row["experiment.name"],
+                        row["file.path"],
+                        "no verified replica on a file:// location for the workflow to read",
+                    )
+                )
+                return
+            after = (waiting[0],)
+        args = {name: _jsonable(fn(row)) for name, fn in self.with_values(fr)}
+        self.plan.new_action(
+            "workflow",
+            fr.name,
+            "run",
+            row["experiment.name"],
+            file=row["file.path"],
+            workflow=s.workflow,
+            args=args,
+            after=after,
+        )
+
+    def with_values(self, fr: FileRule) -> list[tuple[str, Evaluator]]:
+        if fr.flag not in self.with_cache:
+            s: model.Run = fr.statement  # type: ignore[assignment]
+            self.with_cache[fr.flag] = [
+                (name, compile_python(ir.lower_value(expr, self.bindings)))
+                for name, expr in s.with_
+            ]
+        return self.with_cache[fr.flag]
+
+    # ---- the passes
+
+    def run(self) -> Plan:
+        self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
+        with self.engine.connect() as conn:
+            self.location_ids = self._location_ids(conn)
+            self.location_names = {v: k for k, v in self.location_ids.items()}
+            self.notice_sent = {
+                (rule, name, channel): sent
+                for rule, name, channel, sent in conn.execute(
+                    select(
+                        notices.c.rule, experiments.c.name, notices.c.channel, notices.c.sent_at
+                    ).join(experiments, experiments.c.id == notices.c.experiment_id)
+                )
+            }
+            self.file_pass(conn)
+            self.threshold_pass(conn)
+            self.verify_pass(conn)
+            self.grant_pass(conn)
+            self.alarm_pass(conn)
+        return self.plan
+
+    def file_pass(self, conn: Connection) -> None:
+        candidates = [
+            c for fr in self.file_rules if fr.selected and (c := self._candidate(fr)) is not None
+        ]
+        if not candidates:
+            return
+        query = self._file_query(or_(*candidates)).order_by(files.c.id)
+        for count, (row, flags) in enumerate(self._rows(conn, query), 1):
+            self.plan_file(row, flags)
+            if self.progress is not None and count % 10000 == 0:
+                self.progress(count)
+
+    def threshold_pass(self, conn: Connection) -> None:
+        for fr in self.file_rules:
+            s = fr.statement
+            if not (fr.selected and isinstance(s, model.Release) and s.when is not None):
+                continue
+            if not self._holds(s.when):
+                continue
+            usage = _first_usage_call(s.when)
+            order_value, _ = SqlCompiler(self.sources).value(
+                ir.lower_value(s.order_by, self.bindings), "any"
+            )
+            order = order_value.desc() if s.descending else order_value.asc()
+            where = fr.push.sql if fr.push.sql is not None else true()
+            query = self._file_query(
+                and_(where, self._replica_exists(s.from_, [*GOOD, "corrupt"]))
+            ).order_by(order.nulls_first(), files.c.id)
+            for row, flags in self._rows(conn, query):
+                if self._released_enough(s, usage):
+                    break
+                if fr.residual is not None and not fr.residual(row):
+                    continue
+                reps = {r.location: r for r in row["_replicas"]}
+                matched = [f for f in self.file_rules if self.matches(f, row, flags)]
+                protected = [f for f in matched if isinstance(f.statement, model.Protect)]
+                pinned = (row.get("experiment.pinned_until") or 0) > self.now
+                state = self.planned.setdefault(row["file.id"], Planned())
+                want = self.desired(row, matched, reps)
+                for location in s.from_:
+                    self.plan_delete(
+                        fr, row, reps, location, want, protected, pinned, state, s.notify
+                    )
+
+    def _holds(self, expr: ast.Expr) -> bool:
+        return bool(compile_python(ir.lower(expr, self.bindings))({}))
+
+    def _released_enough(self, s: model.Release, usage: tuple[str, str | None] | None) -> bool:
+        if s.until is None or usage is None:
+            return not self._holds(s.when)  # type: ignore[arg-type]
+        value = self.storage.usage(*usage)
+        return value is None or value <= s.until
+
+    def verify_pass(self, conn: Connection) -> None:
+        for fr in self.file_rules:
+            s = fr.statement
+            if not (fr.selected and isinstance(s, model.Verify)) or s.on not in self.location_ids:
+                continue
+            location_id = self.location_ids[s.on]
+            on_location = and_(replicas.c.location_id == location_id, replicas.c.state.in_(GOOD))
+            total = conn.execute(select(func.count()).where(on_location)).scalar_one()
+            limit = total if s.sample is None else math.ceil(total * s.sample)
+            if limit <= 0:
+                continue
+            due = or_(replicas.c.verified_at.is_(None), replicas.c.verified_at < self.now - s.every)
+            where = fr.push.sql if fr.push.sql is not None else true()
+            query = (
+                self._file_query(where)
+                .add_columns(replicas.c.verified_at.label("_verified_at"))
+                .join(replicas, replicas.c.file_id == files.c.id)
+                .where(on_location, due)
+                .order_by(replicas.c.verified_at.asc().nulls_first(), files.c.id)
+            )
+            taken = 0
+            for row, _ in self._rows(conn, query):
+                if taken >= limit:
+                    break
+                if fr.residual is not None and not fr.residual(row):
+                    continue
+                planned = self.planned.get(row["file.id"])
+                if planned is not None and (s.on in planned.verified or s.on in planned.deleted):
+                    continue
+                self.plan.new_action(
+                    "verify",
+                    fr.name,
+                    "verify",
+                    row["experiment.name"],
+                    file=row["file.path"],
+                    target=s.on,
+                )
+                taken += 1
+
+    def grant_pass(self, conn: Connection) -> None:
+        statements = [
+            (rule, index, s)
+            for rule in self.rules
+            for index, s in enumerate(rule.statements)
+            if isinstance(s, model.Grant)
+        ]
+        if not statements:
+            return
+        made: dict[tuple[str, str, str, str], str] = {
+            (rule, name, location, principal): perms
+            for rule, name, location, principal, perms in conn.execute(
+                select(
+                    grants.c.rule,
+                    experiments.c.name,
+                    locations.c.name,
+                    grants.c.principal,
+                    grants.c.perms,
+                )
+                .join(experiments, experiments.c.id == grants.c.experiment_id)
+                .join(locations, locations.c.id == grants.c.location_id)
+            )
+        }
+        query = select(*[c for c in row_columns(self.sources) if c.name.startswith("experiment.")])
+        query = query.select_from(experiments).order_by(experiments.c.name)
+        if self.station is not None:
+            query = query.where(experiments.c.station == self.station)
+        wanted: set[tuple[str, str, str, str]] = set()
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+        for rule, _, s in statements:
+            test = compile_python(ir.lower(s.while_, self.bindings)) if s.while_ else None
+            for row in rows:
+                if rule.station is not None and row["experiment.station"] != rule.station:
+                    continue
+                if test is not None and not test(row):
+                    continue
+                directory = self.experiment_directory(row, s.at, rule)
+                if directory is None:
+                    continue
+                for principal in _principals(s, row):
+                    key = (rule.name, row["experiment.name"], s.at, principal)
+                    wanted.add(key)
+                    perms = ",".join(s.perms)
+                    if rule.name in self.selected and made.get(key) != perms:
+                        self.plan.new_action(
+                            "acl",
+                            rule.name,
+                            "grant",
+                            row["experiment.name"],
+                            op="grant",
+                            target=s.at,
+                            path=directory,
+                            principal=principal,
+                            perms=s.perms,
+                        )
+        by_name = {r["experiment.name"]: r for r in rows}
+        rules = {r.name: r for r in self.rules}
+        for key, perms in sorted(made.items()):
+            rule_name, experiment, location, principal = key
+            if key in wanted or rule_name not in self.selected or experiment not in by_name:
+                continue
+            rule = rules.get(rule_name)
+            directory = self.experiment_directory(by_name[experiment], location, rule)
+            self.plan.new_action(
+                "acl",
+                rule_name,
+                "revoke",
+                experiment,
+                op="revoke",
+                target=location,
+                path=directory,
+                principal=principal,
+                perms=tuple(perms.split(",")),
+            )
+
+    def experiment_directory(self, row: Row, location: str, rule: model.Rule | None) -> str | None:
+        """The layout up to its first file segment, from the highest-priority place rule
+        on `location` in the experiment's scope (the default layout otherwise)."""
+        places = [
+            fr
+            for fr in self.file_rules
+            if isinstance(fr.statement, model.Place)
+            and fr.statement.on == location
+            and fr.rule.station in (None, row.get("experiment.station"))
+        ]
+        if places:
+            text = max(places, key=lambda fr: (fr.rule.priority, -fr.rule.order)).statement.at  # type: ignore[union-attr]
+        else:
+            text = DEFAULT_LAYOUT if row.get("experiment.station") else NO_STATION_LAYOUT
+        try:
+            return self.template(text).render(row, upto_file=True)
+        except TemplateError as exc:
+            self.plan.errors.append(
+                PlanError(rule.name if rule else "", row["experiment.name"], None, str(exc))
+            )
+            return None
+
+    def alarm_pass(self, conn: Connection) -> None:
+        states = {
+            (rule, statement): (state, since)
+            for rule, statement, state, since in conn.execute(
+                select(
+                    alarm_states.c.rule,
+                    alarm_states.c.statement,
+                    alarm_states.c.state,
+                    alarm_states.c.condition_since,
+                )
+            )
+        }
+        for rule in self.rules:
+            if rule.name not in self.selected:
+                continue
+            for index, s in enumerate(rule.statements):
+                if not isinstance(s, model.Alarm):
+                    continue
+                raised_state, since = states.get((rule.name, index), ("clear", None))
+                holds = self._holds(s.when)
+                value = self._alarm_value(s.when)
+                text = expression_text(s.when)
+                if raised_state != "raised":
+                    held_long_enough = s.for_ <= 0 or (
+                        since is not None and since <= self.now - s.for_
+                    )
+                    if holds and held_long_enough:
+                        message = f"{text}" + (f" ({value})" if value else "")
+                        self.plan.alarms.append(
+                            AlarmChange(
+                                rule.name, index, "raise", s.severity, s.notify, value, message
+                            )
+                        )
+                else:
+                    clears = self._holds(s.clear_when) if s.clear_when is not None else not holds
+                    if clears:
+                        message = f"cleared: {text}" + (f" ({value})" if value else "")
+                        self.plan.alarms.append(
+                            AlarmChange(
+                                rule.name, index, "clear", s.severity, s.notify, value, message
+                            )
+                        )
+
+    def _alarm_value(self, expr: ast.Expr) -> str | None:
+        call = next((n for n in ast.walk(expr) if isinstance(n, ast.Call)), None)
+        if call is None:
+            return None
+        value = compile_python(ir.lower_value(call, self.bindings))({})
+        if value is None:
+            return None
+        if call.name == "usage":
+            return f"{value * 100:.1f}%"
+        if call.name == "time_to_full":
+            return format_duration(float(value))
+        if call.name in ("used", "free"):
+            return f"{int(value)} B"
+        return str(value)
+
+
+def _principals(s: model.Grant, row: Row) -> list[str]:
+    out: list[str] = []
+    for p in s.principals:
+        if p.kind == "experiment-users":
+            out += [f"user:{u}" for u in row.get("experiment.users") or [] if isinstance(u, str)]
+        else:
+            out.append(f"{p.kind}:{p.name}")
+    return list(dict.fromkeys(out))
+
+
+def _first_usage_call(expr: ast.Expr) -> tuple[str, str | None] | None:
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call) and node.name == "usage" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Literal) and isinstance(first.value, str):
+                station = next(
+                    (
+                        k.value.value
+                        for k in node.kwargs
+                        if k.name == "station" and isinstance(k.value, ast.Literal)
+                    ),
+                    None,
+                )
+                return first.value, station  # type: ignore[return-value]
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def make_plan(
+    config: SiteConfig,
+    engine: Engine,
+    rules: Sequence[model.Rule],
+    options: PlanOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Plan:
+    return Planner(config, engine, rules, options, progress).run()

@@ -1,0 +1,233 @@
+"""The plan: what must happen, as a value apart from its two views (JSON and text).
+
+As in terraform's `plans` package, the plan is computed once and rendered twice: the
+JSON file of spec/cli.md (what `apply` reads, byte-identical for identical inputs) and
+the human view grouped by rule (`render.py`). Actions are small slotted records in the
+order the planner made them; their ids (`a1`, `a2`, ...) follow that order, so `after`
+always points backwards and the order is a valid execution order of the DAG.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import IO, Any, Final
+
+import orjson
+
+PLAN_VERSION: Final = 1
+ACTION_KINDS: Final = ("copy", "verify", "delete", "expire", "acl", "workflow")
+SYMBOLS: Final = {
+    "copy": "+",
+    "verify": "+",
+    "delete": "-",
+    "expire": "-",
+    "acl": "~",
+    "workflow": ">",
+    "alarm": "!",
+}
+
+
+@dataclass(slots=True)
+class Action:
+    id: str
+    kind: str
+    rule: str
+    reason: str
+    experiment: str
+    file: str | None = None
+    source: str | None = None
+    target: str | None = None
+    path: str | None = None
+    bytes: int | None = None
+    after: tuple[str, ...] = ()
+    op: str | None = None
+    principal: str | None = None
+    perms: tuple[str, ...] | None = None
+    workflow: str | None = None
+    args: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "rule": self.rule}
+        out["reason"] = self.reason
+        if self.op is not None:
+            out["op"] = self.op
+        out["experiment"] = self.experiment
+        for key in ("file", "source", "target", "path", "principal"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.perms is not None:
+            out["perms"] = list(self.perms)
+        if self.workflow is not None:
+            out["workflow"] = self.workflow
+            out["args"] = self.args or {}
+        if self.bytes is not None:
+            out["bytes"] = self.bytes
+        out["after"] = list(self.after)
+        return out
+
+
+@dataclass(slots=True)
+class AlarmChange:
+    rule: str
+    statement: int
+    state: str  # raise or clear
+    severity: str
+    notify: tuple[str, ...]
+    value: str | None
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "statement": self.statement,
+            "state": self.state,
+            "severity": self.severity,
+            "notify": list(self.notify),
+            "value": self.value,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class Blocked:
+    """A delete the safety rules forbid now, and why."""
+
+    rule: str
+    experiment: str
+    file: str
+    target: str
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "experiment": self.experiment,
+            "file": self.file,
+            "target": self.target,
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class PlanError:
+    rule: str
+    experiment: str | None
+    file: str | None
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "experiment": self.experiment,
+            "file": self.file,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class Notice:
+    """`notify CH before D`: CH is told before an experiment's first delete by a rule;
+    the deletes wait until the notice is D old."""
+
+    rule: str
+    experiment: str
+    channel: str
+    files: int
+    bytes: int
+    delete_after: str  # when the deletes may start, ISO 8601 UTC
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "experiment": self.experiment,
+            "channel": self.channel,
+            "files": self.files,
+            "bytes": self.bytes,
+            "delete_after": self.delete_after,
+        }
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Plan:
+    site: str
+    now: float
+    catalog_fingerprint: str
+    actions: list[Action] = field(default_factory=list)
+    alarms: list[AlarmChange] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
+    errors: list[PlanError] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    max_delete_per_run: int | None = None
+
+    def new_action(self, kind: str, rule: str, reason: str, experiment: str, **rest: Any) -> Action:
+        action = Action(f"a{len(self.actions) + 1}", kind, rule, reason, experiment, **rest)
+        self.actions.append(action)
+        return action
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions or self.alarms or self.notices)
+
+    def summary(self) -> dict[str, Any]:
+        counts = Counter(a.kind for a in self.actions)
+        to_copy = sum(a.bytes or 0 for a in self.actions if a.kind == "copy")
+        to_free = sum(a.bytes or 0 for a in self.actions if a.kind in ("delete", "expire"))
+        out: dict[str, Any] = {kind: counts.get(kind, 0) for kind in ACTION_KINDS}
+        out |= {
+            "alarms": len(self.alarms),
+            "notices": len(self.notices),
+            "blocked": len(self.blocked),
+            "errors": len(self.errors),
+            "bytes_to_copy": to_copy,
+            "bytes_to_free": to_free,
+        }
+        limit = self.max_delete_per_run
+        out["over_max_delete"] = limit is not None and to_free > limit
+        return out
+
+    def write_json(self, out: IO[bytes]) -> None:
+        """The plan file, written action by action: one action per line."""
+        head = {
+            "version": PLAN_VERSION,
+            "site": self.site,
+            "now": iso(self.now),
+            "catalog_fingerprint": self.catalog_fingerprint,
+        }
+        out.write(orjson.dumps(head, option=orjson.OPT_INDENT_2)[:-2] + b',\n  "actions": [')
+        for index, action in enumerate(self.actions):
+            out.write(b"\n    " if index == 0 else b",\n    ")
+            out.write(orjson.dumps(action.as_json()))
+        out.write(b"\n  ]," if self.actions else b"],")
+        for name, items in (
+            ("alarms", self.alarms),
+            ("notices", self.notices),
+            ("blocked", self.blocked),
+            ("errors", self.errors),
+        ):
+            out.write(b'\n  "' + name.encode() + b'": [')
+            for index, item in enumerate(items):
+                out.write(b"\n    " if index == 0 else b",\n    ")
+                out.write(orjson.dumps(item.as_json()))
+            out.write(b"\n  ]," if items else b"],")
+        out.write(b'\n  "summary": ' + orjson.dumps(self.summary()) + b"\n}\n")
+
+    def json_bytes(self) -> bytes:
+        buffer = BytesIO()
+        self.write_json(buffer)
+        return buffer.getvalue()
+
+    def by_rule(self) -> Iterator[tuple[str, list[Action]]]:
+        """Actions grouped by rule, rules in the order of their first action."""
+        groups: dict[str, list[Action]] = {}
+        for action in self.actions:
+            groups.setdefault(action.rule, []).append(action)
+        yield from groups.items()
