@@ -480,6 +480,34 @@ def plan(
         raise click.exceptions.Exit(2)
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("target", metavar="EXPERIMENT:PATH")
+@config_option
+@click.option("--at", "at", metavar="TIME", help="Explain as of TIME instead of now (ISO 8601).")
+@friendly_errors
+def explain(target: str, config: Path | None, at: str | None) -> None:
+    """Show, for one file, each rule with the value of every sub-expression, which rule
+    locks which replica, and the actions the file would get. Changes nothing.
+
+    \b
+    Examples:
+      policyd explain Smith-Mar18:pix/macimg_000001.tif
+      policyd explain Smith-Mar18:raw/xpcs_0001.imm --at 2026-11-24T08:00:00Z
+    """
+    from policyd.planner.explain import UnknownFile, render_explanation
+    from policyd.planner.explain import explain as explain_target
+    from policyd.planner.run import site_rules
+
+    site = site_for(config)
+    try:
+        result = explain_target(
+            site.config, site.engine, site_rules(site.config), target, parse_at(at, site)
+        )
+    except UnknownFile as exc:
+        raise fail(str(exc)) from None
+    out.print(render_explanation(result), highlight=False, markup=False)
+
+
 class PlanningProgress:
     """Files planned so far, on stderr, for long plans on a terminal."""
 
@@ -523,9 +551,9 @@ def convert(file: Path, to: str, out: Path | None) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("what", type=click.Choice(["rules", "config"]))
+@click.argument("what", type=click.Choice(["rules", "config", "plan"]))
 def schema(what: str) -> None:
-    """Print the JSON Schema of YAML rule files or of policyd.yaml, for editors.
+    """Print the JSON Schema of YAML rule files, of policyd.yaml, or of the plan file.
 
     \b
     Example (VS Code with the YAML extension, in .vscode/settings.json):
@@ -536,6 +564,10 @@ def schema(what: str) -> None:
         from policyd.rules.yaml_schema import rules_json_schema
 
         emit_json(rules_json_schema())
+    elif what == "plan":
+        from policyd.planner.schema import plan_json_schema
+
+        emit_json(plan_json_schema())
     else:
         from policyd.stations.config import config_json_schema
 

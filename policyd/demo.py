@@ -261,6 +261,23 @@ def show(demo: DemoSite, out: Console) -> None:
     )
 
 
+#: The demo plans as of this time, so two demos show the same plan.
+PLAN_AT = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def plan(demo: DemoSite, out: Console) -> None:
+    """What the rules want done, as `policyd plan` shows it; the plan file is kept."""
+    from policyd.planner.engine import PlanOptions
+    from policyd.planner.render import render_text
+    from policyd.planner.run import plan_site
+
+    assert demo.site is not None
+    result = plan_site(demo.site, PlanOptions(PLAN_AT.timestamp()))
+    with (demo.root / "plan.json").open("wb") as handle:
+        result.write_json(handle)
+    out.print(render_text(result, per_rule=4), highlight=False, markup=False)
+
+
 Step = Callable[[DemoSite, Console], None]
 
 
@@ -291,6 +308,7 @@ def run_demo(
         ("check the rules", check),
         ("import the catalog", lambda d, _o: import_site(d)),
         ("show what is there", show),
+        ("plan what the rules want", plan),
     ]
     for title, step in steps:
         err.print(f"[bold]policyd demo:[/] {title}", highlight=False)
@@ -301,5 +319,13 @@ def run_demo(
         f"{len(demo.experiments)} experiments, catalog {demo.root / 'catalog.db'}.",
         highlight=False,
     )
-    out.print(f"Try: {policyd_command()} catalog stats -c {demo.config_path}", highlight=False)
+    command = policyd_command()
+    first = demo.experiments[0].name
+    out.print(f"Plan file: {demo.root / 'plan.json'}", highlight=False)
+    out.print(f"Try: {command} catalog stats -c {demo.config_path}", highlight=False)
+    out.print(
+        f"     {command} plan -c {demo.config_path} --at {PLAN_AT:%Y-%m-%dT%H:%M:%SZ}",
+        highlight=False,
+    )
+    out.print(f"     {command} explain -c {demo.config_path} {first}:PATH", highlight=False)
     return demo

@@ -250,7 +250,7 @@ class Planner:
                 return None
         return and_(where, need)
 
-    def _rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, dict[str, bool]]]:
+    def rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, dict[str, bool]]]:
         """Rows of `query` (row columns and flags) with their replicas and jobs, batched."""
         result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         want_jobs = any(isinstance(fr.statement, model.Run) for fr in self.file_rules)
@@ -295,17 +295,17 @@ class Planner:
                 flags = {fr.flag: bool(row.pop(fr.flag)) for fr in self.file_rules}
                 yield row, flags
 
-    def _file_query(self, condition: ColumnElement[bool] | None) -> Any:
+    def file_query(self, condition: ColumnElement[bool] | None, expired_too: bool = False) -> Any:
         columns = row_columns(self.sources)
         columns += [
             (fr.push.sql if fr.push.sql is not None else true()).label(fr.flag)
             for fr in self.file_rules
         ]
-        query = (
-            select(*columns)
-            .select_from(files.join(experiments, experiments.c.id == files.c.experiment_id))
-            .where(files.c.expired_at.is_(None))
+        query = select(*columns).select_from(
+            files.join(experiments, experiments.c.id == files.c.experiment_id)
         )
+        if not expired_too:
+            query = query.where(files.c.expired_at.is_(None))
         if condition is not None:
             query = query.where(condition)
         if self.station is not None:
@@ -636,8 +636,8 @@ class Planner:
 
     # ---- the passes
 
-    def run(self) -> Plan:
-        self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
+    def prepare(self) -> None:
+        """Read what every pass looks up: location ids and the notices already sent."""
         with self.engine.connect() as conn:
             self.location_ids = self._location_ids(conn)
             self.location_names = {v: k for k, v in self.location_ids.items()}
@@ -649,6 +649,11 @@ class Planner:
                     ).join(experiments, experiments.c.id == notices.c.experiment_id)
                 )
             }
+
+    def run(self) -> Plan:
+        self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
+        self.prepare()
+        with self.engine.connect() as conn:
             self.file_pass(conn)
             self.threshold_pass(conn)
             self.verify_pass(conn)
@@ -662,8 +667,8 @@ class Planner:
         ]
         if not candidates:
             return
-        query = self._file_query(or_(*candidates)).order_by(files.c.id)
-        for count, (row, flags) in enumerate(self._rows(conn, query), 1):
+        query = self.file_query(or_(*candidates)).order_by(files.c.id)
+        for count, (row, flags) in enumerate(self.rows(conn, query), 1):
             self.plan_file(row, flags)
             if self.progress is not None and count % 10000 == 0:
                 self.progress(count)
@@ -681,10 +686,10 @@ class Planner:
             )
             order = order_value.desc() if s.descending else order_value.asc()
             where = fr.push.sql if fr.push.sql is not None else true()
-            query = self._file_query(
+            query = self.file_query(
                 and_(where, self._replica_exists(s.from_, [*GOOD, "corrupt"]))
             ).order_by(order.nulls_first(), files.c.id)
-            for row, flags in self._rows(conn, query):
+            for row, flags in self.rows(conn, query):
                 if self._released_enough(s, usage):
                     break
                 if fr.residual is not None and not fr.residual(row):
@@ -723,14 +728,14 @@ class Planner:
             due = or_(replicas.c.verified_at.is_(None), replicas.c.verified_at < self.now - s.every)
             where = fr.push.sql if fr.push.sql is not None else true()
             query = (
-                self._file_query(where)
+                self.file_query(where)
                 .add_columns(replicas.c.verified_at.label("_verified_at"))
                 .join(replicas, replicas.c.file_id == files.c.id)
                 .where(on_location, due)
                 .order_by(replicas.c.verified_at.asc().nulls_first(), files.c.id)
             )
             taken = 0
-            for row, _ in self._rows(conn, query):
+            for row, _ in self.rows(conn, query):
                 if taken >= limit:
                     break
                 if fr.residual is not None and not fr.residual(row):

@@ -223,7 +223,9 @@ def action_line(action: Action) -> str:
             )
         case "workflow":
             args = ",".join(f"{k}={v}" for k, v in (action.args or {}).items())
-            text = f"workflow {action.rule} {where} {action.workflow}" + (f" {args}" if args else "")
+            text = f"workflow {action.rule} {where} {action.workflow}" + (
+                f" {args}" if args else ""
+            )
         case _:
             text = f"{action.kind} {action.rule} {where}"
     if action.after:
@@ -248,8 +250,12 @@ def plan_case(case: dict[str, Any], root: Path, catalog_url: str) -> Plan | list
 def outcome(plan: Plan) -> dict[str, list[str]]:
     return {
         "actions": [action_line(a) for a in plan.actions],
-        "blocked": [f"{b.rule} {b.experiment}:{b.file} {b.target}: {b.reason}" for b in plan.blocked],
+        "blocked": [
+            f"{b.rule} {b.experiment}:{b.file} {b.target}: {b.reason}" for b in plan.blocked
+        ],
         "errors": [f"{e.rule} {e.experiment}:{e.file}: {e.message}" for e in plan.errors],
         "alarms": [f"{a.state} {a.rule} {a.severity} {a.value}" for a in plan.alarms],
-        "notices": [f"{n.rule} {n.experiment} {n.channel} {n.files} files {n.bytes} B" for n in plan.notices],
+        "notices": [
+            f"{n.rule} {n.experiment} {n.channel} {n.files} files {n.bytes} B" for n in plan.notices
+        ],
     }
