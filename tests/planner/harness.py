@@ -5,6 +5,15 @@ each (`copy RULE EXP:FILE SOURCE -> TARGET:PATH`, see `action_line`), and option
 its blocked deletes, errors, alarms and notices, or the check error codes that make
 the planner refuse the rules. Every case runs on SQLite and on PostgreSQL.
 
+Case keys: `at` (the plan's `--at`), `rules` (one rule file's text, YAML when it
+starts with `version:`, else DSL; or a mapping of file names under `rules/` to their
+texts, loaded in config order: `*.policy` sorted, then `*.yaml` sorted), `config`
+(extra site-config text, e.g. `safety: {min_copies: 2}`), `capacity` (per location:
+`daq`, `voyager`, `hpc`, `tape`), `timezone` (the site's, default UTC), `rule` and
+`station` (`--rule` and `--station`), the catalog rows (`experiments`, `files` with
+their `replicas`, `grants`, `jobs`, `notices`, `alarm_states`, `snapshots`), and
+`want` (`actions`, `blocked`, `errors`, `alarms`, `notices`) or `want_check_errors`.
+
 Catalog rows are written with SQLAlchemy, as the importers would leave them; times are
 ISO 8601 in the case (UTC unless they say otherwise) and stored as epoch seconds.
 """
@@ -40,7 +49,7 @@ CASES = Path(__file__).with_name("cases")
 
 CONFIG = """\
 site: test
-timezone: UTC
+timezone: {timezone}
 catalog: sqlite:///catalog.db
 locations:
   daq-8idi: {{url: "file:storage/daq-8idi", tier: daq, site: 8idi, capacity: {daq}}}
@@ -84,12 +93,13 @@ def build_site(case: dict[str, Any], root: Path, catalog_url: str) -> tuple[Any,
     capacity = {"daq": "20 TB", "voyager": "1 PB", "hpc": "200 TB", "tape": "10 PB"}
     capacity |= case.get("capacity", {})
     extra = case.get("config", "")
-    (root / "policyd.yaml").write_text(CONFIG.format(extra=extra, **capacity))
+    timezone = case.get("timezone", "UTC")
+    (root / "policyd.yaml").write_text(CONFIG.format(extra=extra, timezone=timezone, **capacity))
     (root / "rules").mkdir()
     (root / "workflows").mkdir()
     (root / "workflows" / "reduce.yaml").write_text(WORKFLOW)
-    suffix = ".yaml" if str(case["rules"]).lstrip().startswith("version:") else ".policy"
-    (root / "rules" / f"rules{suffix}").write_text(textwrap.dedent(case["rules"]))
+    for name, text in rule_files(case["rules"]).items():
+        (root / "rules" / name).write_text(textwrap.dedent(text))
     for name in ("daq-8idi", "voyager", "hpc", "tape"):
         (root / "storage" / name).mkdir(parents=True)
     site = open_site(root / "policyd.yaml", from_env=False)
@@ -97,6 +107,14 @@ def build_site(case: dict[str, Any], root: Path, catalog_url: str) -> tuple[Any,
     engine = site.engine
     fill_catalog(engine, case)
     return site, engine
+
+
+def rule_files(rules: str | dict[str, str]) -> dict[str, str]:
+    """File name under rules/ -> text: one text is `rules.yaml` or `rules.policy`."""
+    if isinstance(rules, dict):
+        return rules
+    suffix = ".yaml" if rules.lstrip().startswith("version:") else ".policy"
+    return {f"rules{suffix}": rules}
 
 
 def fill_catalog(engine: Engine, case: dict[str, Any]) -> None:
