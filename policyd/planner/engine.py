@@ -20,7 +20,7 @@ location order, `order by` then file id).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,9 @@ class Planned:
 
     verified: dict[str, str] = field(default_factory=dict)  # location -> verify action id
     deleted: set[str] = field(default_factory=set)
+    # source location -> (copy, its verify) of the copies that read it
+    reads: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    expired: bool = False
 
 
 @dataclass
@@ -329,23 +332,23 @@ class Planner:
 
     def desired(
         self, row: Row, matched: list[FileRule], reps: dict[str, Replica]
-    ) -> dict[str, FileRule]:
-        """Location -> the first rule that wants a replica there (the locks)."""
-        want: dict[str, FileRule] = {}
+    ) -> dict[str, list[FileRule]]:
+        """Location -> the rules that want a replica there, first wish first (the locks)."""
+        want: dict[str, list[FileRule]] = {}
         winner, _ = self.layout(row, matched)
         if winner is not None:
-            want.setdefault(winner.statement.on, winner)  # type: ignore[union-attr]
+            want.setdefault(winner.statement.on, []).append(winner)  # type: ignore[union-attr]
         for fr in matched:
             s = fr.statement
             if isinstance(s, model.Archive):
-                want.setdefault(s.to, fr)
+                want.setdefault(s.to, []).append(fr)
             elif isinstance(s, model.Replicate):
                 for location in self.replicate_targets(s, reps, want):
-                    want.setdefault(location, fr)
+                    want.setdefault(location, []).append(fr)
         return want
 
     def replicate_targets(
-        self, s: model.Replicate, reps: dict[str, Replica], want: dict[str, FileRule]
+        self, s: model.Replicate, reps: dict[str, Replica], want: dict[str, list[FileRule]]
     ) -> list[str]:
         """Existing replicas (and ones other rules already want) count first, then the
         locations with the most free space, config order breaking ties."""
@@ -363,14 +366,25 @@ class Planner:
 
         expires = [fr for fr in matched if fr.selected and isinstance(fr.statement, model.Expire)]
         if any(self.plan_expire(fr, row, reps, protected, pinned) for fr in expires):
+            self.planned[row["file.id"]] = Planned(expired=True)
             return
 
         want = self.desired(row, matched, reps)
         _, layout = self.layout(row, matched)
         state = Planned()
-        for location, fr in want.items():
-            if fr.selected:
-                self.plan_replica(fr, row, reps, location, layout, state)
+        for location, wanting in want.items():
+            # The first selected rule that wants the replica makes it; archive skips
+            # pinned experiments (its wish still locks the replica).
+            acting = next(
+                (
+                    fr
+                    for fr in wanting
+                    if fr.selected and not (pinned and isinstance(fr.statement, model.Archive))
+                ),
+                None,
+            )
+            if acting is not None:
+                self.plan_replica(acting, row, reps, location, layout, state)
 
         for fr in matched:
             if not fr.selected:
@@ -430,6 +444,10 @@ class Planner:
                 self.plan.errors.append(PlanError(fr.name, experiment, path, str(exc)))
                 return
         size = int(row.get("file.size") or 0)
+        # A corrupt replica's bytes are already counted; the copy overwrites them.
+        replaced = (
+            0 if existing is None or existing.state == "missing" else _replica_bytes(existing, row)
+        )
         copy = self.plan.new_action(
             "copy",
             fr.name,
@@ -445,7 +463,8 @@ class Planner:
             "verify", fr.name, verb, experiment, file=path, target=location, after=(copy.id,)
         )
         state.verified[location] = verify.id
-        self.storage.add(location, row.get("experiment.station"), size)
+        state.reads.setdefault(source, []).append((copy.id, verify.id))
+        self.storage.add(location, row.get("experiment.station"), size - replaced)
 
     def source(self, reps: dict[str, Replica], target: str) -> str | None:
         """Not tape first, then the target's site, then config order."""
@@ -485,7 +504,7 @@ class Planner:
             grace = format_duration(self.grace)
             return f"release_grace: the copies it relies on are not {grace} old yet", ()
         if len(old) + len(planned) >= required:
-            return None, tuple(sorted(planned.values(), key=lambda a: int(a[1:])))
+            return None, _ordered_ids(planned.values())
         remaining = len(old) + len(planned)
         noun = "replica" if remaining == 1 else "replicas"
         return f"min_copies: {remaining} verified {noun} would remain, {required} required", ()
@@ -496,14 +515,15 @@ class Planner:
         row: Row,
         reps: dict[str, Replica],
         location: str,
-        want: dict[str, FileRule],
+        want: dict[str, list[FileRule]],
         protected: list[FileRule],
         pinned: bool,
         state: Planned,
         notify: model.NotifyBefore | None,
     ) -> bool:
         """Plan the delete of the file's replica on `location` if every rule of the
-        floor allows it; True when it was planned."""
+        floor allows it; True when it was planned. The delete waits for the copies it
+        relies on and for the copies that read the replica it removes."""
         replica = reps.get(location)
         if replica is None or replica.state == "missing" or location in state.deleted:
             return False
@@ -518,7 +538,7 @@ class Planner:
             reason = f"experiment pinned until {iso(row['experiment.pinned_until'])}"
         else:
             reason, after = self.floor_problem(reps, location, state)
-        size = int(replica.size if replica.size is not None else row.get("file.size") or 0)
+        size = _replica_bytes(replica, row)
         if reason is None and notify is not None:
             reason = self.notice_wait(fr, experiment, notify, size)
         if reason is not None:
@@ -532,7 +552,9 @@ class Planner:
             file=path,
             target=location,
             bytes=size,
-            after=after,
+            after=_ordered_ids(
+                [*after, *(c for c, v in state.reads.get(location, ()) if v not in after)]
+            ),
         )
         state.deleted.add(location)
         self.storage.remove(location, row.get("experiment.station"), size)
@@ -574,11 +596,7 @@ class Planner:
             reason = f"protected by rule {protected[0].name}"
         elif pinned:
             reason = f"experiment pinned until {iso(row['experiment.pinned_until'])}"
-        size = sum(
-            int(r.size if r.size is not None else row.get("file.size") or 0)
-            for r in reps.values()
-            if r.state != "missing"
-        )
+        size = sum(_replica_bytes(r, row) for r in reps.values() if r.state != "missing")
         notify = fr.statement.notify  # type: ignore[union-attr]
         if reason is None and notify is not None:
             reason = self.notice_wait(fr, experiment, notify, size)
@@ -588,7 +606,9 @@ class Planner:
         self.plan.new_action("expire", fr.name, "expire", experiment, file=path, bytes=size)
         for r in reps.values():
             if r.state != "missing":
-                self.storage.remove(r.location, row.get("experiment.station"), int(r.size or 0))
+                self.storage.remove(
+                    r.location, row.get("experiment.station"), _replica_bytes(r, row)
+                )
         return True
 
     def plan_run(self, fr: FileRule, row: Row, reps: dict[str, Replica], state: Planned) -> None:
@@ -699,6 +719,8 @@ class Planner:
                 protected = [f for f in matched if isinstance(f.statement, model.Protect)]
                 pinned = (row.get("experiment.pinned_until") or 0) > self.now
                 state = self.planned.setdefault(row["file.id"], Planned())
+                if state.expired:
+                    continue
                 want = self.desired(row, matched, reps)
                 for location in s.from_:
                     self.plan_delete(
@@ -741,7 +763,9 @@ class Planner:
                 if fr.residual is not None and not fr.residual(row):
                     continue
                 planned = self.planned.get(row["file.id"])
-                if planned is not None and (s.on in planned.verified or s.on in planned.deleted):
+                if planned is not None and (
+                    planned.expired or s.on in planned.verified or s.on in planned.deleted
+                ):
                     continue
                 self.plan.new_action(
                     "verify",
@@ -907,6 +931,16 @@ class Planner:
         if call.name in ("used", "free"):
             return f"{int(value)} B"
         return str(value)
+
+
+def _replica_bytes(replica: Replica, row: Row) -> int:
+    """The bytes a replica takes, as the storage state counts them."""
+    return int(replica.size if replica.size is not None else row.get("file.size") or 0)
+
+
+def _ordered_ids(ids: Iterable[str]) -> tuple[str, ...]:
+    """Action ids without repeats, in plan order."""
+    return tuple(sorted(set(ids), key=lambda a: int(a[1:])))
 
 
 def _principals(s: model.Grant, row: Row) -> list[str]:
