@@ -786,15 +786,17 @@ class Planner:
         ]
         if not statements:
             return
-        made: dict[tuple[str, str, str, str], str] = {
-            (rule, name, location, principal): perms
-            for rule, name, location, principal, perms in conn.execute(
+        # (rule, experiment, location, principal) -> (perms, the directory granted on)
+        made: dict[tuple[str, str, str, str], tuple[str, str]] = {
+            (rule, name, location, principal): (perms, path)
+            for rule, name, location, principal, perms, path in conn.execute(
                 select(
                     grants.c.rule,
                     experiments.c.name,
                     locations.c.name,
                     grants.c.principal,
                     grants.c.perms,
+                    grants.c.path,
                 )
                 .join(experiments, experiments.c.id == grants.c.experiment_id)
                 .join(locations, locations.c.id == grants.c.location_id)
@@ -820,7 +822,7 @@ class Planner:
                     key = (rule.name, row["experiment.name"], s.at, principal)
                     wanted.add(key)
                     perms = ",".join(s.perms)
-                    if rule.name in self.selected and made.get(key) != perms:
+                    if rule.name in self.selected and made.get(key, ("", ""))[0] != perms:
                         self.plan.new_action(
                             "acl",
                             rule.name,
@@ -834,12 +836,14 @@ class Planner:
                         )
         by_name = {r["experiment.name"]: r for r in rows}
         rules = {r.name: r for r in self.rules}
-        for key, perms in sorted(made.items()):
+        for key, (perms, path) in sorted(made.items()):
             rule_name, experiment, location, principal = key
             if key in wanted or rule_name not in self.selected or experiment not in by_name:
                 continue
-            rule = rules.get(rule_name)
-            directory = self.experiment_directory(by_name[experiment], location, rule)
+            # The ACL is undone where it was made, whatever the layout says today.
+            directory = path or self.experiment_directory(
+                by_name[experiment], location, rules.get(rule_name)
+            )
             self.plan.new_action(
                 "acl",
                 rule_name,
