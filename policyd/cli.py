@@ -27,6 +27,7 @@ from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
 from policyd.site import Site, open_site
+from policyd.units import format_size
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -506,6 +507,163 @@ def explain(target: str, config: Path | None, at: str | None) -> None:
     except UnknownFile as exc:
         raise fail(str(exc)) from None
     out.print(render_explanation(result), highlight=False, markup=False)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("plan_file", metavar="[PLAN.json]", required=False, type=click.Path(path_type=Path))
+@config_option
+@click.option("--yes", is_flag=True, help="Do not ask before running a plan made now.")
+@click.option(
+    "--parallel", default=4, show_default=True, type=click.IntRange(1, 256), help="Actions at once."
+)
+@click.option("--allow-expire", is_flag=True, help="Let expire actions delete every replica.")
+@click.option(
+    "--allow-bulk-delete", is_flag=True, help="Delete more than safety.max_delete_per_run."
+)
+@click.option("--paranoid", is_flag=True, help="Re-read every replica written.")
+@friendly_errors
+def apply(
+    plan_file: Path | None,
+    config: Path | None,
+    yes: bool,
+    parallel: int,
+    allow_expire: bool,
+    allow_bulk_delete: bool,
+    paranoid: bool,
+) -> None:
+    """Carry out a saved plan, or plan now, show it, ask, and carry it out.
+
+    A saved plan is refused when the catalog changed since it was made, other than by
+    that plan's own actions; running it again after a crash resumes it. Every step is
+    in the audit ledger (`policyd ledger verify`).
+
+    \b
+    Examples:
+      policyd plan --out plan.json && policyd apply plan.json
+      policyd apply --yes --parallel 8
+      policyd apply plan.json --allow-expire
+    """
+    from policyd.actions.apply import ApplyRefused, apply_plan, load_plan
+    from policyd.actions.context import ApplyOptions
+    from policyd.planner.engine import PlanOptions
+    from policyd.planner.render import render_text
+    from policyd.planner.run import plan_site, site_rules
+
+    site = site_for(config)
+    options = ApplyOptions(parallel, allow_expire, allow_bulk_delete, paranoid, yes)
+    if plan_file is not None:
+        raw = plan_file.read_bytes()
+        source = str(plan_file)
+    else:
+        made = plan_site(site, PlanOptions(time.time()))
+        out.print(render_text(made), highlight=False, markup=False)
+        if not made.actions:
+            return
+        if not yes and not click.confirm("Carry out this plan?", default=False, err=True):
+            raise fail("nothing was done")
+        raw = made.json_bytes()
+        source = "the plan made now"
+    try:
+        loaded = load_plan(raw, source, site.config)
+        with ApplyProgress(loaded.data) as progress:
+            report = apply_plan(
+                site.config, site.engine, site_rules(site.config), loaded, options, progress.update
+            )
+    except ApplyRefused as exc:
+        raise fail(str(exc)) from None
+    counts = report.counts
+    resumed = f", {report.resumed} already done before" if report.resumed else ""
+    out.print(
+        f"apply {report.plan_id}: {counts['done']} done{resumed}, {counts['suspended']} suspended, "
+        f"{counts['refused']} refused, {counts['waiting']} waiting; "
+        f"copied {format_size(report.bytes_copied)}, freed {format_size(report.bytes_freed)}",
+        highlight=False,
+        markup=False,
+    )
+    for problem in report.problems:
+        err.print(f"  {problem}", highlight=False, markup=False)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+class ApplyProgress:
+    """Actions and bytes done, rate and ETA on a terminal; log lines otherwise."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.total = len(plan["actions"])
+        self.bytes = int(plan["summary"].get("bytes_to_copy", 0))
+        self.bar: Any = None
+
+    def __enter__(self) -> ApplyProgress:
+        if err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            self.bar.__enter__()
+            self.actions_task = self.bar.add_task("actions", total=self.total)
+            self.bytes_task = self.bar.add_task("bytes", total=max(self.bytes, 1))
+        return self
+
+    def update(self, event: str, step: Any, result: Any) -> None:
+        if self.bar is None:
+            log.info(
+                "%s %s %s %s:%s",
+                step.id,
+                step.kind,
+                event,
+                step.get("experiment"),
+                step.get("file"),
+            )
+            return
+        self.bar.advance(self.actions_task)
+        if result is not None and step.kind == "copy":
+            self.bar.advance(self.bytes_task, result.bytes)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@main.group(context_settings=CONTEXT)
+def ledger() -> None:
+    """The audit ledger of every action, pin and notice."""
+
+
+@ledger.command("verify", context_settings=CONTEXT)
+@config_option
+@friendly_errors
+def ledger_verify(config: Path | None) -> None:
+    """Check the ledger's hash chain; exit 1 naming the first altered event.
+
+    \b
+    Example:
+      policyd ledger verify
+    """
+    from policyd.audit.ledger import verify
+
+    site = site_for(config)
+    result = verify(site.reader)
+    if not result.ok:
+        raise fail(
+            f"ledger broken at event {result.broken_seq}: {result.reason} "
+            f"({result.events} events before it verify)",
+            "the ledger was changed outside policyd; keep the database for investigation",
+        )
+    out.print(f"ledger ok: {result.events} events, last hash {result.last_hash}", highlight=False)
 
 
 class PlanningProgress:

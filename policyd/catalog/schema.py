@@ -158,6 +158,7 @@ audit_events = Table(
     Column("payload", Json),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("record", Text),  # the canonical text the hash covers (migration 0002)
 )
 
 alarm_states = Table(

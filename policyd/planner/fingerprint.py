@@ -1,15 +1,24 @@
 """The catalog fingerprint a plan carries, so `apply` can refuse a stale plan.
 
-It is a hash of per-table aggregates that any insert, delete or update of the state a
-plan reads would move (counts, id sums, sizes, times, replica states), computed by the
-database in one pass per table instead of reading rows into Python.
+It is a hash of per-table sums that any insert, delete or update of the state a plan
+reads moves (counts, id sums, sizes, times, replica states), computed by the database
+in one pass per table instead of reading rows into Python. Every sum is an integer
+(times are cast to whole seconds), so the sums are exact and *linear*: the sums over
+one file's rows before and after an action, subtracted, are exactly what that action
+changed. `apply` records that difference with each action in the ledger, and a
+resumed plan is accepted when today's sums minus its own actions' differences hash to
+the plan's fingerprint: the catalog changed, but only by that plan (spec/rules.md
+section 9, invariant 3).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, case, cast, func, select
+from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import experiments, files, grants, jobs, notices, replicas
 
@@ -21,41 +30,105 @@ _STATE_CODE = case(
 )
 
 
-def _aggregates() -> list:  # type: ignore[type-arg]
-    total = func.coalesce
-    return [
-        select(
-            func.count(),
-            total(func.sum(experiments.c.id), 0),
-            total(func.sum(experiments.c.end), 0),
-            total(func.sum(experiments.c.pinned_until), 0),
-            total(func.sum(func.length(experiments.c.station)), 0),
+def _whole(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    return cast(column, BigInteger)
+
+
+def _sums(*columns: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+    return [func.count(), *(func.coalesce(func.sum(c), 0) for c in columns)]
+
+
+def _queries(file_id: int | None, experiment_id: int | None) -> list[Any]:
+    """One query per table; with a scope, only the rows of that file or experiment (a
+    table outside the scope is left out, its sums unchanged by the action)."""
+    scoped = file_id is not None or experiment_id is not None
+    tables: list[Any] = []
+    if not scoped:
+        tables.append(
+            select(
+                *_sums(
+                    experiments.c.id,
+                    _whole(experiments.c.end),
+                    _whole(experiments.c.pinned_until),
+                    func.length(experiments.c.station),
+                )
+            )
+        )
+    else:
+        tables.append(None)
+    file_tables = [
+        (
+            select(
+                *_sums(
+                    files.c.id,
+                    files.c.size,
+                    _whole(files.c.modified),
+                    func.length(files.c.md5),
+                    _whole(files.c.expired_at),
+                )
+            ),
+            files.c.id,
         ),
-        select(
-            func.count(),
-            total(func.sum(files.c.id), 0),
-            total(func.sum(files.c.size), 0),
-            total(func.sum(files.c.modified), 0),
-            total(func.sum(func.length(files.c.md5)), 0),
-            total(func.sum(files.c.expired_at), 0),
+        (
+            select(
+                *_sums(
+                    replicas.c.id * _STATE_CODE,
+                    replicas.c.location_id * replicas.c.file_id,
+                    _whole(replicas.c.verified_at),
+                    func.length(replicas.c.path),
+                )
+            ),
+            replicas.c.file_id,
         ),
-        select(
-            func.count(),
-            total(func.sum(replicas.c.id * _STATE_CODE), 0),
-            total(func.sum(replicas.c.location_id * replicas.c.file_id), 0),
-            total(func.sum(replicas.c.verified_at), 0),
-            total(func.sum(func.length(replicas.c.path)), 0),
-        ),
-        select(func.count(), total(func.sum(grants.c.id), 0)),
-        select(func.count(), total(func.sum(func.length(jobs.c.id)), 0)),
-        select(func.count(), total(func.sum(notices.c.sent_at), 0)),
+        (select(*_sums(func.length(jobs.c.id))), jobs.c.file_id),
     ]
+    for query, column in file_tables:
+        if not scoped:
+            tables.append(query)
+        elif file_id is not None:
+            tables.append(query.where(column == file_id))
+        else:
+            tables.append(None)
+    for query, column in (
+        (select(*_sums(grants.c.id)), grants.c.experiment_id),
+        (select(*_sums(_whole(notices.c.sent_at))), notices.c.experiment_id),
+    ):
+        if not scoped:
+            tables.append(query)
+        elif experiment_id is not None:
+            tables.append(query.where(column == experiment_id))
+        else:
+            tables.append(None)
+    return tables
+
+
+_WIDTHS = (5, 6, 5, 2, 2, 2)
+
+
+def aggregates(
+    conn: Connection, file_id: int | None = None, experiment_id: int | None = None
+) -> list[int]:
+    """The sums, whole catalog or one file's and experiment's rows."""
+    out: list[int] = []
+    for query, width in zip(_queries(file_id, experiment_id), _WIDTHS, strict=True):
+        if query is None:
+            out += [0] * width
+        else:
+            out += [int(v) for v in conn.execute(query).one()]
+    return out
+
+
+def subtract(total: Sequence[int], deltas: Sequence[Sequence[int]]) -> list[int]:
+    out = list(total)
+    for delta in deltas:
+        out = [a - b for a, b in zip(out, delta, strict=True)]
+    return out
+
+
+def fingerprint_of(sums: Sequence[int]) -> str:
+    return "sha256:" + hashlib.sha256(repr(tuple(sums)).encode()).hexdigest()
 
 
 def catalog_fingerprint(engine: Engine) -> str:
-    digest = hashlib.sha256()
     with engine.connect() as conn:
-        for query in _aggregates():
-            row = conn.execute(query).one()
-            digest.update(repr(tuple(float(v) for v in row)).encode())
-    return "sha256:" + digest.hexdigest()
+        return fingerprint_of(aggregates(conn))

@@ -28,6 +28,8 @@ class StorageState:
         self.now = now
         self.used_bytes: dict[str, int] = defaultdict(int)
         self.station_bytes: dict[tuple[str, str], int] = defaultdict(int)
+        self.file_count: dict[str, int] = defaultdict(int)
+        self.station_files: dict[tuple[str, str], int] = defaultdict(int)
         self.capacity: dict[str, int | None] = {}
         self.growth: dict[str, float | None] = {}
         self._load(engine)
@@ -35,7 +37,7 @@ class StorageState:
     def _load(self, engine: Engine) -> None:
         size = func.coalesce(replicas.c.size, files.c.size, 0)
         query = (
-            select(locations.c.name, experiments.c.station, func.sum(size))
+            select(locations.c.name, experiments.c.station, func.sum(size), func.count())
             .select_from(
                 replicas.join(locations, locations.c.id == replicas.c.location_id)
                 .join(files, files.c.id == replicas.c.file_id)
@@ -45,10 +47,12 @@ class StorageState:
             .group_by(locations.c.name, experiments.c.station)
         )
         with engine.connect() as conn:
-            for location, station, used in conn.execute(query):
+            for location, station, used, count in conn.execute(query):
                 self.used_bytes[location] += int(used or 0)
+                self.file_count[location] += int(count)
                 if station is not None:
                     self.station_bytes[(location, station)] += int(used or 0)
+                    self.station_files[(location, station)] += int(count)
             self.growth = self._growth(conn)
         for name, location in self.config.locations.items():
             self.capacity[name] = location.capacity or self._measured(name)

@@ -1,0 +1,106 @@
+"""The executor interface: one small class per action kind, behind one registry.
+
+The runner (`runner.py`) knows the plan's DAG, the ledger and the catalog; it does not
+know which storage an action talks to. An executor knows one kind of action: how to
+check, on the catalog and on storage, that it may still run; how to carry it out; and
+what the catalog must record afterwards. Work that moves bytes (`execute`) runs in a
+worker thread with no database connection; the catalog change (`record`) runs in the
+runner's transaction together with the ledger event, so the two never disagree. An
+executor whose work must happen under a per-file lock together with its re-checks
+(delete, expire) sets `locked = True` and does everything in `apply`, inside that
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from policyd.actions.context import ExecContext
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action of a plan as the runner hands it over (`action` is its JSON object)."""
+
+    plan_id: str
+    action: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.action["id"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.action["kind"])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.action.get(key, default)
+
+
+class ActionFailed(Exception):
+    """An action did not happen. `retryable` says whether trying again may help (a full
+    disk, a lost connection) or not (a checksum mismatch, a refused delete)."""
+
+    def __init__(self, message: str, *, retryable: bool = True, refused: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable and not refused
+        self.refused = refused
+
+
+def refused(message: str) -> ActionFailed:
+    """A safety re-check that no longer holds: recorded in the ledger, never retried."""
+    return ActionFailed(message, retryable=False, refused=True)
+
+
+@dataclass
+class Result:
+    """What an action found out (checksums, sizes) for `record`, and a note for people."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    bytes: int = 0
+
+
+class Executor:
+    """One action kind. `options` names the apply options it reads (for `--help` and the
+    docs); `locked` executors run entirely inside the runner's transaction."""
+
+    kind: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()
+    locked: ClassVar[bool] = False
+
+    def __init__(self, ctx: ExecContext) -> None:
+        self.ctx = ctx
+
+    def locations(self, step: Step) -> tuple[str, ...]:
+        """The locations the action uses, for the per-location parallelism limits."""
+        return tuple(v for v in (step.get("source"), step.get("target")) if v)
+
+    def execute(self, step: Step) -> Result:
+        """The work, in a worker thread, without the catalog (unlocked executors)."""
+        raise ActionFailed(f"{self.kind} runs inside the catalog transaction", retryable=False)
+
+    def record(self, conn: Connection, step: Step, result: Result) -> None:
+        """The catalog change after `execute`, in the runner's transaction."""
+        raise ActionFailed(f"{self.kind} records nothing after execute", retryable=False)
+
+    def apply(self, conn: Connection, step: Step) -> Result:
+        """Check, act and record under the file's lock (locked executors)."""
+        raise ActionFailed(f"{self.kind} does not run in the transaction", retryable=False)
+
+
+EXECUTORS: dict[str, type[Executor]] = {}
+
+
+def register(cls: type[Executor]) -> type[Executor]:
+    EXECUTORS[cls.kind] = cls
+    return cls
+
+
+ExecutorFactory = Callable[["ExecContext"], Executor]

@@ -1,0 +1,81 @@
+"""What every executor of one apply shares: the site, the stores, the options, the clock.
+
+`apply` and the daemon read the wall clock (spec/rules.md section 4: `now` is the wall
+clock there); it is read through `clock` so tests can give their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from policyd.actions.base import ActionFailed
+from policyd.actions.stores import LocalStore
+from policyd.rules import ir
+from policyd.rules.model import Protect, Rule
+from policyd.rules.pyeval import Evaluator, compile_python
+from policyd.stations.config import SiteConfig
+
+
+@dataclass
+class ApplyOptions:
+    parallel: int = 4
+    allow_expire: bool = False
+    allow_bulk_delete: bool = False
+    paranoid: bool = False
+    yes: bool = False
+
+
+@dataclass
+class ExecContext:
+    config: SiteConfig
+    engine: Engine
+    plan_id: str
+    options: ApplyOptions
+    rules: list[Rule] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    started_at: float = 0.0
+    verified_by_copy: set[tuple[str, str, str]] = field(default_factory=set)
+    _stores: dict[str, LocalStore] = field(default_factory=dict)
+    _protect: list[tuple[str, Evaluator]] | None = None
+
+    def now(self) -> float:
+        return self.clock()
+
+    def store(self, location: str) -> LocalStore:
+        """The store of a location; an error for kinds this apply cannot reach yet."""
+        if location not in self._stores:
+            loc = self.config.locations.get(location)
+            if loc is None:
+                raise ActionFailed(
+                    f"location {location} is not in the site config", retryable=False
+                )
+            root = loc.root_path
+            if root is None:
+                raise ActionFailed(
+                    f"location {location} ({loc.scheme}://) has no transfer executor on this "
+                    "machine yet; only file:// locations are served",
+                    retryable=False,
+                )
+            self._stores[location] = LocalStore(location, root)
+        return self._stores[location]
+
+    def protected_by(self, row: dict[str, Any]) -> str | None:
+        """The first `protect` rule matching the file's row, re-evaluated now."""
+        if self._protect is None:
+            bindings = ir.Bindings(self.now(), self.config.tzinfo)
+            self._protect = [
+                (rule.name, compile_python(ir.lower(s.where, bindings, rule.station)))
+                for rule in self.rules
+                if not rule.disabled
+                for s in rule.statements
+                if isinstance(s, Protect)
+            ]
+        for name, test in self._protect:
+            if test(row):
+                return name
+        return None

@@ -1,0 +1,403 @@
+"""The runner: a plan's DAG carried out with bounded parallelism, retries and a ledger.
+
+Every transition of every action (planned, running, done, failed, suspended, refused)
+is written to the `actions` table and the ledger before and after its step, in the
+transaction of the catalog change it describes. That is what makes `apply` resumable
+after a crash anywhere (kill -9 included): a `running` action whose transaction did
+not commit is simply run again (a copy first removes the temporary file the
+interrupted one left; its target is only recorded after verification), a `done` one
+is never redone.
+
+Copies and verifies run in worker threads (`--parallel N`, and at most `parallel` of
+a location's config at once per location); deletes and expires run one at a time in
+the runner's own transaction, under the file's lock. A failure is retried with
+exponential backoff and jitter (`retry:` in the site config) and, after `attempts`
+tries, the action is `suspended`: the next plan lists it, and `apply` does not run
+what waits for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from policyd.actions import removal, transfer  # noqa: F401  (they register their executors)
+from policyd.actions.base import EXECUTORS, ActionFailed, Executor, Result, Step
+from policyd.actions.context import ExecContext
+from policyd.actions.stores import LocalStore
+from policyd.audit import ledger
+from policyd.catalog.schema import actions as actions_table
+from policyd.catalog.schema import experiments, files
+from policyd.planner import fingerprint
+
+log = logging.getLogger("policyd.apply")
+
+FINAL = frozenset({"done", "suspended", "refused"})
+
+
+def plan_id_of(plan_bytes: bytes) -> str:
+    """A plan's identity: the hash of its file, so re-running the same plan resumes it."""
+    return "p-" + hashlib.sha256(plan_bytes).hexdigest()[:24]
+
+
+@dataclass
+class ActionState:
+    step: Step
+    state: str = "planned"
+    attempts: int = 0
+    not_before: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class RunReport:
+    plan_id: str
+    counts: Counter[str] = field(default_factory=Counter)
+    bytes_copied: int = 0
+    bytes_freed: int = 0
+    problems: list[str] = field(default_factory=list)
+    resumed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.counts["failed"] or self.counts["suspended"] or self.counts["refused"])
+
+
+Progress = Callable[[str, Step, Result | None], None]
+
+
+class Runner:
+    def __init__(
+        self, ctx: ExecContext, plan: dict[str, Any], progress: Progress | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.progress = progress
+        self.report = RunReport(ctx.plan_id)
+        self.states: dict[str, ActionState] = {}
+        self.executors: dict[str, Executor] = {}
+        retry = ctx.config.retry
+        self.max_attempts = retry.attempts
+        self.backoff = float(retry.backoff)
+        self.max_backoff = float(retry.max_backoff)
+        self.random = random.Random(ctx.plan_id)
+
+    # ---- the actions table and the ledger
+
+    def _event(self, conn: Connection, event: str, step: Step, **payload: Any) -> None:
+        body = {
+            "kind": step.kind,
+            "rule": step.get("rule"),
+            "experiment": step.get("experiment"),
+            "file": step.get("file"),
+            "target": step.get("target"),
+            **payload,
+        }
+        ledger.append(
+            conn,
+            event,
+            at=self.ctx.now(),
+            plan_id=self.ctx.plan_id,
+            action_id=step.id,
+            actor="apply",
+            payload=body,
+        )
+
+    def _set_state(self, conn: Connection, state: ActionState) -> None:
+        conn.execute(
+            update(actions_table)
+            .where(
+                actions_table.c.plan_id == self.ctx.plan_id,
+                actions_table.c.action_id == state.step.id,
+            )
+            .values(
+                state=state.state,
+                attempts=state.attempts,
+                last_error=state.last_error,
+                not_before=state.not_before or None,
+                updated_at=self.ctx.now(),
+            )
+        )
+
+    def load(self) -> None:
+        """Record a new plan's actions as `planned`, or take up a started one's states."""
+        steps = [Step(self.ctx.plan_id, a) for a in self.plan["actions"]]
+        with self.ctx.engine.begin() as conn:
+            known = {
+                row.action_id: row
+                for row in conn.execute(
+                    select(actions_table).where(actions_table.c.plan_id == self.ctx.plan_id)
+                )
+            }
+            now = self.ctx.now()
+            new_rows = []
+            for step in steps:
+                row = known.get(step.id)
+                state = ActionState(step)
+                if row is not None:
+                    state.state, state.attempts = row.state, row.attempts
+                    state.last_error = row.last_error
+                    if state.state == "failed" and state.attempts < self.max_attempts:
+                        state.state = "planned"
+                    self.report.resumed += state.state in FINAL
+                else:
+                    new_rows.append(
+                        {
+                            "plan_id": self.ctx.plan_id,
+                            "action_id": step.id,
+                            "kind": step.kind,
+                            "rule": step.get("rule"),
+                            "experiment": step.get("experiment"),
+                            "file": step.get("file"),
+                            "target": step.get("target"),
+                            "state": "planned",
+                            "attempts": 0,
+                            "updated_at": now,
+                            "payload": step.action,
+                        }
+                    )
+                self.states[step.id] = state
+            if new_rows:
+                conn.execute(insert(actions_table), new_rows)
+                ledger.append(
+                    conn,
+                    "planned",
+                    at=now,
+                    plan_id=self.ctx.plan_id,
+                    actor="apply",
+                    payload={
+                        "actions": len(new_rows),
+                        "catalog_fingerprint": self.plan.get("catalog_fingerprint"),
+                        "summary": self.plan.get("summary"),
+                    },
+                )
+        self._clean_interrupted()
+
+    def _clean_interrupted(self) -> None:
+        """Temporary files of copies a crash interrupted (state `running`)."""
+        for state in self.states.values():
+            if state.state == "running" and state.step.kind == "copy":
+                try:
+                    store: LocalStore = self.ctx.store(state.step.get("target"))
+                except ActionFailed:
+                    continue
+                if store.remove_temp(state.step.get("path"), transfer.copy_tag(state.step)):
+                    log.info("removed what the interrupted %s left", state.step.id)
+            if state.state == "running":
+                state.state = "planned"
+
+    # ---- scheduling
+
+    def executor(self, kind: str) -> Executor:
+        if kind not in self.executors:
+            cls = EXECUTORS.get(kind)
+            if cls is None:
+                raise ActionFailed(f"no executor for {kind} actions yet", retryable=False)
+            self.executors[kind] = cls(self.ctx)
+        return self.executors[kind]
+
+    def _blocked_by(self, state: ActionState) -> str | None:
+        for dep in state.step.get("after", []):
+            dep_state = self.states.get(dep)
+            if dep_state is None or dep_state.state in ("suspended", "refused", "waiting"):
+                return dep
+            if dep_state.state == "failed" and dep_state.attempts >= self.max_attempts:
+                return dep
+        return None
+
+    def _ready(self, state: ActionState, now: float) -> bool:
+        if state.state != "planned" or state.not_before > now:
+            return False
+        return all(
+            self.states[d].state == "done" for d in state.step.get("after", []) if d in self.states
+        )
+
+    def run(self) -> RunReport:
+        self.load()
+        parallel = max(1, self.ctx.options.parallel)
+        limits = {
+            name: loc.parallel for name, loc in self.ctx.config.locations.items() if loc.parallel
+        }
+        busy: Counter[str] = Counter()
+        running: dict[Future[Result], ActionState] = {}
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="policyd-io") as pool:
+            while True:
+                now = self.ctx.now()
+                self._skip_orphans()
+                pending = [s for s in self.states.values() if s.state == "planned"]
+                if not pending and not running:
+                    break
+                for state in pending:
+                    if len(running) >= parallel or not self._ready(state, now):
+                        continue
+                    try:
+                        executor = self.executor(state.step.kind)
+                    except ActionFailed as exc:
+                        self._finish_failure(state, exc)
+                        continue
+                    used = executor.locations(state.step)
+                    if any(busy[loc] >= limits.get(loc, parallel) for loc in used):
+                        continue
+                    if executor.locked:
+                        self._run_locked(executor, state)
+                        continue
+                    self._mark_running(state)
+                    busy.update(used)
+                    running[pool.submit(executor.execute, state.step)] = state
+                if running:
+                    done, _ = wait(
+                        list(running), timeout=self._wait_time(now), return_when=FIRST_COMPLETED
+                    )
+                    for future in done:
+                        state = running.pop(future)
+                        busy.subtract(self.executor(state.step.kind).locations(state.step))
+                        self._complete(state, future)
+                elif not any(self._ready(s, self.ctx.now()) for s in self.states.values()):
+                    time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
+        return self.report
+
+    def _wait_time(self, now: float) -> float:
+        waiting = [
+            s.not_before - now
+            for s in self.states.values()
+            if s.state == "planned" and s.not_before > now
+        ]
+        return max(0.01, min(waiting)) if waiting else 0.5
+
+    def _skip_orphans(self) -> None:
+        """Actions waiting for one that will not happen in this apply are left planned."""
+        for state in self.states.values():
+            if state.state == "planned":
+                dep = self._blocked_by(state)
+                if dep is not None:
+                    state.state = "waiting"
+                    self.report.counts["waiting"] += 1
+                    self.report.problems.append(f"{state.step.id} not run: it waits for {dep}")
+
+    def _mark_running(self, state: ActionState) -> None:
+        state.state = "running"
+        state.attempts += 1
+        with self.ctx.engine.begin() as conn:
+            self._event(conn, "running", state.step, attempt=state.attempts)
+            self._set_state(conn, state)
+
+    def _run_locked(self, executor: Executor, state: ActionState) -> None:
+        self._mark_running(state)
+        try:
+            with self.ctx.engine.begin() as conn:
+                scope = _scope(conn, state.step)
+                before = fingerprint.aggregates(conn, *scope)
+                result = executor.apply(conn, state.step)
+                self._done(conn, state, result, _delta(conn, scope, before))
+        except ActionFailed as exc:
+            self._finish_failure(state, exc)
+            return
+        except Exception as exc:  # an executor bug or a lost database: never half-recorded
+            self._finish_failure(state, ActionFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self._after_done(state, result)
+
+    def _complete(self, state: ActionState, future: Future[Result]) -> None:
+        try:
+            result = future.result()
+            problem = transfer.mismatch_error(result)
+            with self.ctx.engine.begin() as conn:
+                scope = _scope(conn, state.step)
+                before = fingerprint.aggregates(conn, *scope)
+                self.executor(state.step.kind).record(conn, state.step, result)
+                delta = _delta(conn, scope, before)
+                if problem is None:
+                    self._done(conn, state, result, delta)
+                elif any(delta):
+                    self._event(conn, "recorded", state.step, delta=delta, note=result.note)
+            if problem is not None:
+                raise problem
+        except ActionFailed as exc:
+            self._finish_failure(state, exc)
+            return
+        except Exception as exc:  # keep going: the failure is recorded and retried
+            self._finish_failure(state, ActionFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self._after_done(state, result)
+
+    def _done(self, conn: Connection, state: ActionState, result: Result, delta: list[int]) -> None:
+        state.state = "done"
+        state.last_error = None
+        facts = _facts(result)
+        self._event(
+            conn, "done", state.step, bytes=result.bytes, note=result.note, delta=delta, **facts
+        )
+        self._set_state(conn, state)
+
+    def _after_done(self, state: ActionState, result: Result) -> None:
+        self.report.counts["done"] += 1
+        if state.step.kind == "copy":
+            self.report.bytes_copied += result.bytes
+        elif state.step.kind in ("delete", "expire"):
+            self.report.bytes_freed += result.bytes
+        if self.progress is not None:
+            self.progress("done", state.step, result)
+
+    def _finish_failure(self, state: ActionState, exc: ActionFailed) -> None:
+        state.last_error = exc.message
+        if state.attempts == 0:
+            state.attempts = 1
+        if exc.refused:
+            state.state, event = "refused", "refused"
+        elif not exc.retryable or state.attempts >= self.max_attempts:
+            state.state, event = "suspended", "suspended"
+        else:
+            state.state, event = "planned", "failed"
+            delay = min(self.max_backoff, self.backoff * 2 ** (state.attempts - 1))
+            state.not_before = self.ctx.now() + delay * (0.5 + self.random.random() / 2)
+        with self.ctx.engine.begin() as conn:
+            self._event(conn, event, state.step, attempt=state.attempts, error=exc.message)
+            self._set_state(conn, state)
+        label = {"planned": "failed", "suspended": "suspended", "refused": "refused"}[state.state]
+        self.report.counts["retried" if state.state == "planned" else label] += 1
+        step = state.step
+        where = f"{step.get('experiment')}:{step.get('file')}"
+        message = f"{step.id} {step.kind} {where}: {exc.message}"
+        log.warning("%s (%s)", message, label)
+        if state.state != "planned":
+            self.report.problems.append(f"{message} [{label}]")
+        if self.progress is not None:
+            self.progress(label, state.step, None)
+
+
+def _scope(conn: Connection, step: Step) -> tuple[int | None, int | None]:
+    """The file and experiment an action changes, for its fingerprint difference."""
+    experiment_id = conn.execute(
+        select(experiments.c.id).where(experiments.c.name == step.get("experiment"))
+    ).scalar()
+    if not step.get("file") or experiment_id is None:
+        return None, experiment_id
+    file_id = conn.execute(
+        select(files.c.id).where(
+            files.c.experiment_id == experiment_id, files.c.path == step.get("file")
+        )
+    ).scalar()
+    return file_id, experiment_id
+
+
+def _delta(conn: Connection, scope: tuple[int | None, int | None], before: list[int]) -> list[int]:
+    after = fingerprint.aggregates(conn, *scope)
+    return [a - b for a, b in zip(after, before, strict=True)]
+
+
+def _facts(result: Result) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in result.facts.items()
+        if isinstance(v, str | int | float | bool | type(None))
+    }

@@ -1,0 +1,242 @@
+"""Storage behind a location URL, as the executors use it.
+
+`LocalStore` is a `file://` location: a folder whose paths never leave it (spec/rules.md
+section 9, invariant 4). Every relative path is checked segment by segment (no `..`,
+no absolute path, no NUL) and every folder on the way is checked not to be a symbolic
+link, so a link planted inside a location can never make policyd read, write or
+delete outside its root. Writes go to a temporary name in the target folder and are
+renamed into place only after fsync, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from policyd.actions.base import ActionFailed, refused
+
+CHUNK: Final = 4 * 1024 * 1024
+TEMP_MARK: Final = ".policyd-tmp"
+
+
+@dataclass(frozen=True)
+class Written:
+    md5: str
+    size: int
+
+
+def temp_name(name: str, tag: str) -> str:
+    """The temporary name a copy writes to before its rename; `tag` names the action,
+    so a resumed apply finds (and removes) what an interrupted one left."""
+    return f".{name}.{tag}{TEMP_MARK}"
+
+
+class LocalStore:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+
+    def _segments(self, rel: str) -> list[str]:
+        if not rel or "\x00" in rel or rel.startswith("/"):
+            raise refused(f"path {rel!r} is not a relative path inside {self.name}")
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise refused(f"path {rel!r} would leave location {self.name}")
+        return parts
+
+    def mounted(self) -> bool:
+        return self.root.is_dir()
+
+    def path(self, rel: str, *, create_dirs: bool = False) -> Path:
+        """The absolute path of `rel`, with no symbolic link on the way from the root."""
+        if not self.mounted():
+            raise ActionFailed(f"location {self.name} is not mounted at {self.root}")
+        parts = self._segments(rel)
+        current = self.root
+        for part in parts[:-1]:
+            current = current / part
+            try:
+                info = os.lstat(current)
+            except FileNotFoundError:
+                if not create_dirs:
+                    return self.root.joinpath(*parts)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(current)
+                info = os.lstat(current)
+            if stat.S_ISLNK(info.st_mode):
+                raise refused(f"{current} is a symbolic link; policyd does not follow links")
+            if not stat.S_ISDIR(info.st_mode):
+                raise refused(f"{current} is not a folder")
+        final = current / parts[-1]
+        if os.path.islink(final):
+            raise refused(f"{final} is a symbolic link; policyd does not follow links")
+        return final
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return self.path(rel).is_file()
+        except ActionFailed:
+            return False
+
+    def size(self, rel: str) -> int | None:
+        try:
+            return os.lstat(self.path(rel)).st_size
+        except (FileNotFoundError, ActionFailed):
+            return None
+
+    def free_bytes(self) -> int:
+        info = os.statvfs(self.root)
+        return info.f_bavail * info.f_frsize
+
+    def read_chunks(self, rel: str) -> Iterator[bytes]:
+        path = self.path(rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise ActionFailed(f"{path} does not exist", retryable=False) from None
+        except PermissionError:
+            raise ActionFailed(f"{path} cannot be read (permission denied)") from None
+        try:
+            while chunk := os.read(fd, CHUNK):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def checksum(self, rel: str) -> Written:
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        for chunk in self.read_chunks(rel):
+            digest.update(chunk)
+            size += len(chunk)
+        return Written(digest.hexdigest(), size)
+
+    def temp_path(self, rel: str, tag: str) -> Path:
+        final = self.path(rel)
+        return final.with_name(temp_name(final.name, tag))
+
+    def remove_temp(self, rel: str, tag: str) -> bool:
+        """Remove what an interrupted copy left; True when there was something."""
+        try:
+            self.temp_path(rel, tag).unlink()
+            return True
+        except (FileNotFoundError, ActionFailed):
+            return False
+
+    def write(
+        self,
+        rel: str,
+        chunks: Iterator[bytes],
+        tag: str,
+        *,
+        expected_size: int | None,
+        mtime_ns: int | None = None,
+        mode: int | None = None,
+    ) -> Written:
+        """Write `chunks` to `rel` through a temporary file: hashing overlaps writing
+        (a reader thread reads and hashes while this one writes), then fsync, size
+        check, atomic rename, fsync of the folder."""
+        final = self.path(rel, create_dirs=True)
+        temp = final.with_name(temp_name(final.name, tag))
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _write_error(exc, temp) from None
+        try:
+            written = _pipe(chunks, fd)
+            os.fsync(fd)
+        except BaseException as exc:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _write_error(exc, temp) from None
+            raise
+        os.close(fd)
+        if expected_size is not None and written.size != expected_size:
+            temp.unlink(missing_ok=True)
+            raise ActionFailed(
+                f"wrote {written.size} bytes to {final}, expected {expected_size}", retryable=True
+            )
+        if mode is not None:
+            os.chmod(temp, stat.S_IMODE(mode))
+        if mtime_ns is not None:
+            os.utime(temp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+        return written
+
+    def remove(self, rel: str) -> bool:
+        """Delete `rel`; False when it was already gone."""
+        path = self.path(rel)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+
+    def stat(self, rel: str) -> os.stat_result:
+        return os.lstat(self.path(rel))
+
+
+def _pipe(chunks: Iterator[bytes], fd: int) -> Written:
+    """Read and hash in one thread, write in this one (hashlib and os.write release the
+    GIL), with a small bounded queue between them."""
+    digest = hashlib.md5(usedforsecurity=False)
+    handoff: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                handoff.put(chunk)
+            handoff.put(None)
+        except BaseException as exc:
+            handoff.put(exc)
+
+    reader = threading.Thread(target=produce, daemon=True)
+    reader.start()
+    size = 0
+    try:
+        while True:
+            item = handoff.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            view = memoryview(item)
+            while view:
+                done = os.write(fd, view)
+                view = view[done:]
+            size += len(item)
+    finally:
+        while reader.is_alive():
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+    return Written(digest.hexdigest(), size)
+
+
+def _write_error(exc: OSError, path: Path) -> ActionFailed:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ActionFailed(f"no space left on the device of {path}")
+    if isinstance(exc, PermissionError):
+        return ActionFailed(f"cannot write {path} (permission denied)", retryable=False)
+    return ActionFailed(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

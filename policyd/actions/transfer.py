@@ -1,0 +1,156 @@
+"""`copy` and `verify`: bytes between locations, checked against the file's md5.
+
+A copy reads its source once: the bytes are hashed as they are read, written to a
+temporary name beside the target, fsync'd, their size checked, and renamed into place
+(spec/rules.md section 9, invariant 2). Only then, in the catalog transaction, is the
+target recorded: `verified` when the checksum equals the file's md5 (the source is
+then verified too), or, when the md5 was unknown, the checksum becomes it (first read
+wins). A mismatch removes what was written and marks the source `corrupt`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from sqlalchemy.engine import Connection
+
+from policyd.actions import catalog_ops as cat
+from policyd.actions.base import ActionFailed, Executor, Result, Step, register
+from policyd.actions.stores import Written
+
+
+def copy_tag(step: Step) -> str:
+    return f"{step.plan_id[-12:]}-{step.id}"
+
+
+@register
+class Copy(Executor):
+    kind = "copy"
+    options: ClassVar[tuple[str, ...]] = ("paranoid",)
+
+    def execute(self, step: Step) -> Result:
+        source = self.ctx.store(step.get("source"))
+        target = self.ctx.store(step.get("target"))
+        with self.ctx.engine.connect() as conn:
+            facts = cat.find_file(conn, step.get("experiment"), step.get("file"))
+            reps = cat.file_replicas(conn, facts.id)
+        origin = reps.get(step.get("source"))
+        if origin is None or origin.state not in ("present", "verified"):
+            raise ActionFailed(
+                f"no readable replica of the file on {step.get('source')} any more",
+                retryable=False,
+            )
+        size = facts.size if facts.size is not None else origin.size
+        if size is not None and target.free_bytes() < size:
+            raise ActionFailed(
+                f"not enough free space on {target.name}: {target.free_bytes()} bytes free, "
+                f"{size} needed"
+            )
+        try:
+            info = source.stat(origin.path)
+        except FileNotFoundError:
+            raise ActionFailed(
+                f"{source.path(origin.path)} does not exist", retryable=False
+            ) from None
+        written = target.write(
+            step.get("path"),
+            source.read_chunks(origin.path),
+            copy_tag(step),
+            expected_size=size,
+            mtime_ns=info.st_mtime_ns,
+            mode=info.st_mode,
+        )
+        if self.ctx.options.paranoid:
+            again = target.checksum(step.get("path"))
+            if again != written:
+                target.remove(step.get("path"))
+                raise ActionFailed(
+                    f"re-read of {target.path(step.get('path'))} differs from what was written"
+                )
+        if facts.md5 is not None and written.md5 != facts.md5:
+            target.remove(step.get("path"))
+            return Result(
+                {
+                    "mismatch": True,
+                    "md5": written.md5,
+                    "expected": facts.md5,
+                    "origin": origin.path,
+                },
+                f"checksum mismatch: read {written.md5}, the catalog has {facts.md5}",
+            )
+        return Result(
+            {"md5": written.md5, "size": written.size, "mtime": info.st_mtime},
+            bytes=written.size,
+        )
+
+    def record(self, conn: Connection, step: Step, result: Result) -> None:
+        facts = cat.find_file(conn, step.get("experiment"), step.get("file"), lock=True)
+        ids = cat.location_ids(conn)
+        now = self.ctx.now()
+        if result.facts.get("mismatch"):
+            cat.mark_replica(conn, facts.id, ids[step.get("source")], "corrupt", now)
+            return
+        md5 = cat.set_md5_if_unknown(conn, facts.id, result.facts["md5"])
+        if md5 != result.facts["md5"]:
+            raise ActionFailed("another read set a different md5 meanwhile", retryable=True)
+        cat.put_replica(
+            conn,
+            facts.id,
+            ids[step.get("target")],
+            step.get("path"),
+            "verified",
+            at=now,
+            size=result.facts["size"],
+            checksum=md5,
+            mtime=result.facts["mtime"],
+        )
+        cat.mark_replica(conn, facts.id, ids[step.get("source")], "verified", now)
+        self.ctx.verified_by_copy.add(
+            (step.get("experiment"), step.get("file"), step.get("target"))
+        )
+
+
+def mismatch_error(result: Result) -> ActionFailed | None:
+    """A copy that recorded a corrupt source still failed: the runner reports it."""
+    if result.facts.get("mismatch"):
+        return ActionFailed(result.note + "; the source replica is marked corrupt", retryable=False)
+    return None
+
+
+@register
+class Verify(Executor):
+    kind = "verify"
+    options: ClassVar[tuple[str, ...]] = ("paranoid",)
+
+    def locations(self, step: Step) -> tuple[str, ...]:
+        return (step.get("target"),)
+
+    def execute(self, step: Step) -> Result:
+        key = (step.get("experiment"), step.get("file"), step.get("target"))
+        if key in self.ctx.verified_by_copy and not self.ctx.options.paranoid:
+            return Result({"by_copy": True}, "verified by the copy that wrote it")
+        store = self.ctx.store(step.get("target"))
+        with self.ctx.engine.connect() as conn:
+            facts = cat.find_file(conn, step.get("experiment"), step.get("file"))
+            replica = cat.file_replicas(conn, facts.id).get(step.get("target"))
+        if replica is None:
+            raise ActionFailed(f"no replica on {step.get('target')} to verify", retryable=False)
+        if not os.path.lexists(store.path(replica.path)):
+            return Result({"missing": True}, f"{store.path(replica.path)} is missing")
+        read: Written = store.checksum(replica.path)
+        return Result({"md5": read.md5, "size": read.size, "expected": facts.md5}, bytes=read.size)
+
+    def record(self, conn: Connection, step: Step, result: Result) -> None:
+        if result.facts.get("by_copy"):
+            return
+        facts = cat.find_file(conn, step.get("experiment"), step.get("file"), lock=True)
+        location_id = cat.location_ids(conn)[step.get("target")]
+        now = self.ctx.now()
+        if result.facts.get("missing"):
+            cat.mark_replica(conn, facts.id, location_id, "missing", now)
+            return
+        md5 = cat.set_md5_if_unknown(conn, facts.id, result.facts["md5"])
+        state = "verified" if md5 == result.facts["md5"] else "corrupt"
+        cat.mark_replica(conn, facts.id, location_id, state, now)
+        result.facts["state"] = state
