@@ -259,30 +259,35 @@ def rewrite(node: Node, leaf: Callable[[Node], Node | None]) -> Node:
     """`node` with each leaf (a node without children) replaced by `leaf(leaf_node)`
     where that is not None, and every rebuilt node folded again: a backend that knows
     some fields' values (Mongo knows the experiment of a collection) substitutes
-    constants and is left with less to compile."""
+    constants and is left with less to compile. Nothing is rearranged (see `fold`):
+    the other backends evaluate the comparisons as they were written."""
     match node:
         case Arith(op=op, left=a, right=b):
-            return fold(Arith(op, rewrite(a, leaf), rewrite(b, leaf)))
+            return _refold(Arith(op, rewrite(a, leaf), rewrite(b, leaf)))
         case Neg(operand=o):
-            return fold(Neg(rewrite(o, leaf)))
+            return _refold(Neg(rewrite(o, leaf)))
         case Cmp(op=op, left=a, right=b, category=category):
-            return fold(Cmp(op, rewrite(a, leaf), rewrite(b, leaf), category))
+            return _refold(Cmp(op, rewrite(a, leaf), rewrite(b, leaf), category))
         case Glob(operand=o):
-            return fold(Glob(rewrite(o, leaf), node.glob, node.regex, node.name_only))
+            return _refold(Glob(rewrite(o, leaf), node.glob, node.regex, node.name_only))
         case Regex(operand=o):
-            return fold(Regex(rewrite(o, leaf), node.pattern, node.regex))
+            return _refold(Regex(rewrite(o, leaf), node.pattern, node.regex))
         case In(item=a, container=b, category=category):
-            return fold(In(rewrite(a, leaf), rewrite(b, leaf), category))
+            return _refold(In(rewrite(a, leaf), rewrite(b, leaf), category))
         case IsNull(operand=o):
-            return fold(IsNull(rewrite(o, leaf)))
+            return _refold(IsNull(rewrite(o, leaf)))
         case And(items=items):
             return conjunction([rewrite(i, leaf) for i in items])
         case Or(items=items):
             return disjunction([rewrite(i, leaf) for i in items])
         case Not(operand=o):
-            return fold(negation(rewrite(o, leaf)))
+            return _refold(negation(rewrite(o, leaf)))
     replaced = leaf(node)
     return node if replaced is None else replaced
+
+
+def _refold(node: Node) -> Node:
+    return fold(node, rearrange=False)
 
 
 def walk(node: Node) -> Iterator[Node]:
@@ -578,9 +583,11 @@ def compare(op: str, left: Node, right: Node) -> Node:
 _FLIP: Final = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
-def fold(node: Node) -> Node:
+def fold(node: Node, rearrange: bool = True) -> Node:
     """Evaluate what is constant, and put `now - X > D` as `X < now - D` so that the
-    database can use an index on X."""
+    database can use an index on X. That is exact in real numbers, not always in
+    floating point: `rearrange=False` leaves it out where only one backend would see
+    the new form (and so could disagree with the others at the last bit)."""
     from policyd.rules.pyeval import evaluate_constant
 
     if all(isinstance(c, Const) for c in children(node)) and children(node):
@@ -590,9 +597,10 @@ def fold(node: Node) -> Node:
     if isinstance(node, Cmp) and node.category == "number":
         left, right = node.left, node.right
         if isinstance(left, Const) and not isinstance(right, Const):
-            return fold(Cmp(_FLIP[node.op], right, left, "number"))  # type: ignore[arg-type]
+            return fold(Cmp(_FLIP[node.op], right, left, "number"), rearrange)  # type: ignore[arg-type]
         if (
-            isinstance(left, Arith)
+            rearrange
+            and isinstance(left, Arith)
             and isinstance(right, Const)
             and isinstance(left.left, Const)
             and left.op == "-"

@@ -49,10 +49,17 @@ def coerce(value: Any, category: ir.Category) -> Any:
 
 
 def equal(a: Any, b: Any) -> bool:
-    """`==`: null is a value, and values of different categories are never equal."""
+    """`==`: null is a value, and values of different categories are never equal (also
+    inside lists, which are equal item by item whether a row's JSON list or a constant's
+    tuple holds them)."""
     if a is None or b is None:
         return a is None and b is None
-    return ir.category_of(a) == ir.category_of(b) and a == b
+    kind = ir.category_of(a)
+    if kind != ir.category_of(b):
+        return False
+    if kind == "list":
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def compare(op: str, a: Any, b: Any, category: ir.Category) -> bool:

@@ -15,6 +15,7 @@ a conjunction for the Python backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -85,15 +86,25 @@ class ByteOrder(ColumnElement[str]):
         self.inner = inner
 
 
+class Wildcard(Enum):
+    """A glob's wildcard, kept apart from literal text (an escaped `\\*` is text)."""
+
+    ANY = "any characters"
+    ONE = "one character"
+
+
+GlobToken = str | Wildcard
+
+
 class GlobMatch(ColumnElement[bool]):
     """A glob whose only wildcards are "any characters" and "one character"."""
 
     inherit_cache = True
     type = Boolean()
 
-    def __init__(self, operand: ColumnElement[Any], tokens: tuple[str, ...]) -> None:
+    def __init__(self, operand: ColumnElement[Any], tokens: tuple[GlobToken, ...]) -> None:
         self.operand = operand
-        self.tokens = tokens  # literal text, or the wildcards "*" and "?"
+        self.tokens = tokens
 
 
 _SQLITE_JSON_TYPES: Final = {
@@ -173,17 +184,23 @@ def _byte_order_pg(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.inner, **kw)} COLLATE "C")'
 
 
-def _glob_sqlite_text(tokens: tuple[str, ...]) -> str:
-    escape = {"*": "[*]", "?": "[?]", "[": "[[]"}
-    return "".join(t if t in ("*", "?") else "".join(escape.get(c, c) for c in t) for t in tokens)
-
-
-def _like_text(tokens: tuple[str, ...]) -> str:
-    wildcard = {"*": "%", "?": "_"}
-    escape = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
+def _pattern_text(
+    tokens: tuple[GlobToken, ...], wildcards: dict[Wildcard, str], escape: dict[str, str]
+) -> str:
     return "".join(
-        wildcard[t] if t in wildcard else "".join(escape.get(c, c) for c in t) for t in tokens
+        wildcards[t] if isinstance(t, Wildcard) else "".join(escape.get(c, c) for c in t)
+        for t in tokens
     )
+
+
+def _glob_sqlite_text(tokens: tuple[GlobToken, ...]) -> str:
+    escape = {"*": "[*]", "?": "[?]", "[": "[[]"}
+    return _pattern_text(tokens, {Wildcard.ANY: "*", Wildcard.ONE: "?"}, escape)
+
+
+def _like_text(tokens: tuple[GlobToken, ...]) -> str:
+    escape = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
+    return _pattern_text(tokens, {Wildcard.ANY: "%", Wildcard.ONE: "_"}, escape)
 
 
 @compiles(GlobMatch, "sqlite")
@@ -200,12 +217,12 @@ def _glob_pg(element: GlobMatch, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({operand} LIKE {pattern} ESCAPE '\\')"
 
 
-def glob_tokens(node: ir.Glob) -> tuple[str, ...] | None:
+def glob_tokens(node: ir.Glob) -> tuple[GlobToken, ...] | None:
     """The glob as literal runs and the wildcards `*` (any characters) and `?` (one), or
     None when it needs the regex: `*` and `?` are only "any" where they cannot meet a
     `/` (a name-only glob, matched on the name), and `**` is "any" except in `/**/`
     and a leading `**/`, which also match no folder at all."""
-    tokens: list[str] = []
+    tokens: list[GlobToken] = []
     text = node.glob
     i = 0
     while i < len(text):
@@ -219,19 +236,19 @@ def glob_tokens(node: ir.Glob) -> tuple[str, ...] | None:
                 j += 1
             if (i == 0 or text[i - 1] == "/") and j < len(text) and text[j] == "/":
                 return None
-            tokens.append("*")
+            tokens.append(Wildcard.ANY)
             i = j
         elif ch in "*?":
             if not node.name_only:
                 return None
-            tokens.append(ch)
+            tokens.append(Wildcard.ANY if ch == "*" else Wildcard.ONE)
             i += 1
         else:
             tokens.append(ch)
             i += 1
-    merged: list[str] = []
+    merged: list[GlobToken] = []
     for token in tokens:
-        if merged and token not in ("*", "?") and merged[-1] not in ("*", "?"):
+        if merged and isinstance(token, str) and isinstance(merged[-1], str):
             merged[-1] += token
         else:
             merged.append(token)
@@ -400,9 +417,10 @@ class SqlCompiler:
         item, nullable = self.value(node.item, node.category)
         container = node.container
         if isinstance(container, ir.Const) and isinstance(container.value, tuple):
-            values = [v for v in container.value if v is not None]
             if node.category == "any":
                 raise ir.Unsupported(node, "membership whose kind only evaluation tells")
+            # an element of another category never equals the (coerced) item
+            values = [v for v in container.value if ir.category_of(v) == node.category]
             if not values:
                 return false()
             return _guarded(item.in_(values), (item, nullable))
@@ -438,4 +456,13 @@ def pushdown(node: ir.Node, sources: Sources) -> Pushdown:
     return Pushdown(sql, residual, reasons)
 
 
-__all__ = ["Pushdown", "Sources", "SqlCompiler", "glob_tokens", "pushdown", "row_columns"]
+__all__ = [
+    "GlobToken",
+    "Pushdown",
+    "Sources",
+    "SqlCompiler",
+    "Wildcard",
+    "glob_tokens",
+    "pushdown",
+    "row_columns",
+]
