@@ -640,7 +640,12 @@ class ApplyProgress:
 
 @main.group(context_settings=CONTEXT)
 def ledger() -> None:
-    """The audit ledger of every action, pin and notice."""
+    """The audit ledger of every action, pin and notice.
+
+    \b
+    Example:
+      policyd ledger verify
+    """
 
 
 @ledger.command("verify", context_settings=CONTEXT)

@@ -152,7 +152,8 @@ def explain_file(planner: Planner, experiment: str, path: str) -> Explanation:
             RuleExplanation(fr.name, fr.statement.verb, is_match, fr.selected, steps, where_done)
         )
     reps = {r.location: r for r in row["_replicas"]}
-    explanation.locks = {loc: fr.name for loc, fr in planner.desired(row, matched, reps).items()}
+    wanted = planner.desired(row, matched, reps)
+    explanation.locks = {loc: ", ".join(fr.name for fr in rules) for loc, rules in wanted.items()}
     planner.plan_file(row, flags)
     plan: Plan = planner.plan
     explanation.actions = list(plan.actions)
