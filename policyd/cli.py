@@ -586,6 +586,108 @@ def apply(
         raise click.exceptions.Exit(1)
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("experiment")
+@click.option(
+    "--days", type=click.FloatRange(min=0, min_open=True), required=True, help="How long."
+)
+@config_option
+@friendly_errors
+def pin(experiment: str, days: float, config: Path | None) -> None:
+    """Postpone archive releases, releases and expires of one experiment for N days.
+
+    \b
+    Example:
+      policyd pin Smith-Mar18 --days 30
+    """
+    from policyd.actions.pins import UnknownExperiment, set_pin
+    from policyd.planner.plan import iso
+
+    site = site_for(config)
+    now = time.time()
+    try:
+        result = set_pin(site.engine, experiment, now + days * 86400, now)
+    except UnknownExperiment as exc:
+        raise fail(str(exc)) from None
+    out.print(
+        f"{experiment} pinned until {iso(round(result.pinned_until or now))}", highlight=False
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("experiment")
+@config_option
+@friendly_errors
+def unpin(experiment: str, config: Path | None) -> None:
+    """Lift an experiment's pin: rules may archive, release and expire its files again.
+
+    \b
+    Example:
+      policyd unpin Smith-Mar18
+    """
+    from policyd.actions.pins import UnknownExperiment, set_pin
+
+    site = site_for(config)
+    try:
+        result = set_pin(site.engine, experiment, None, time.time())
+    except UnknownExperiment as exc:
+        raise fail(str(exc)) from None
+    note = "" if result.was is not None else " (it was not pinned)"
+    out.print(f"{experiment} unpinned{note}", highlight=False)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("experiment")
+@click.option(
+    "--to", "to", metavar="LOC", help="Where to (default: its layout location, else disk)."
+)
+@click.option(
+    "--parallel", default=4, show_default=True, type=click.IntRange(1, 256), help="Copies at once."
+)
+@config_option
+@friendly_errors
+def restore(experiment: str, to: str | None, parallel: int, config: Path | None) -> None:
+    """Bring an archived experiment back to disk: plan copies from the archive, run them.
+
+    \b
+    Examples:
+      policyd restore Smith-Mar18
+      policyd restore Smith-Mar18 --to voyager && policyd pin Smith-Mar18 --days 14
+    """
+    from policyd.actions.apply import ApplyRefused, apply_plan, load_plan
+    from policyd.actions.context import ApplyOptions
+    from policyd.planner.render import render_text
+    from policyd.planner.restore import RestoreError, plan_restore
+    from policyd.planner.run import site_rules
+
+    site = site_for(config)
+    rules = site_rules(site.config)
+    try:
+        made = plan_restore(site.config, site.engine, rules, experiment, to, time.time())
+    except RestoreError as exc:
+        raise fail(str(exc)) from None
+    out.print(render_text(made), highlight=False, markup=False)
+    if not made.actions:
+        return
+    try:
+        loaded = load_plan(made.json_bytes(), "the restore plan", site.config)
+        with ApplyProgress(loaded.data) as progress:
+            report = apply_plan(
+                site.config, site.engine, rules, loaded, ApplyOptions(parallel), progress.update
+            )
+    except ApplyRefused as exc:
+        raise fail(str(exc)) from None
+    out.print(
+        f"restored {report.counts['done'] // 2} files ({format_size(report.bytes_copied)}); "
+        f"{report.counts['suspended']} suspended",
+        highlight=False,
+    )
+    for problem in report.problems:
+        err.print(f"  {problem}", highlight=False, markup=False)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
 class ApplyProgress:
     """Actions and bytes done, rate and ETA on a terminal; log lines otherwise."""
 
