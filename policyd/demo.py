@@ -278,6 +278,40 @@ def plan(demo: DemoSite, out: Console) -> None:
     out.print(render_text(result, per_rule=4), highlight=False, markup=False)
 
 
+def apply(demo: DemoSite, out: Console) -> None:
+    """Carry the plan out, then show that a second plan is empty and the ledger holds."""
+    from policyd.actions.apply import apply_plan, load_plan
+    from policyd.actions.context import ApplyOptions
+    from policyd.audit.ledger import verify
+    from policyd.planner.engine import PlanOptions
+    from policyd.planner.run import plan_site, site_rules
+
+    assert demo.site is not None
+    config, engine = demo.site.config, demo.site.engine
+    loaded = load_plan((demo.root / "plan.json").read_bytes(), "plan.json", config)
+    report = apply_plan(
+        config,
+        engine,
+        site_rules(config),
+        loaded,
+        ApplyOptions(parallel=4),
+        clock=PLAN_AT.timestamp,
+    )
+    counts = report.counts
+    out.print(
+        f"apply: {counts['done']} actions done, {counts['suspended']} suspended, "
+        f"{counts['refused']} refused; copied {format_size(report.bytes_copied)}, "
+        f"freed {format_size(report.bytes_freed)}",
+        highlight=False,
+    )
+    again = plan_site(demo.site, PlanOptions(PLAN_AT.timestamp()))
+    out.print(f"a second plan: {len(again.actions)} actions", highlight=False)
+    ledger = verify(engine)
+    out.print(
+        f"ledger verify: {'ok' if ledger.ok else 'BROKEN'}, {ledger.events} events", highlight=False
+    )
+
+
 Step = Callable[[DemoSite, Console], None]
 
 
@@ -309,6 +343,7 @@ def run_demo(
         ("import the catalog", lambda d, _o: import_site(d)),
         ("show what is there", show),
         ("plan what the rules want", plan),
+        ("apply the plan", apply),
     ]
     for title, step in steps:
         err.print(f"[bold]policyd demo:[/] {title}", highlight=False)
@@ -328,4 +363,5 @@ def run_demo(
         highlight=False,
     )
     out.print(f"     {command} explain -c {demo.config_path} {first}:PATH", highlight=False)
+    out.print(f"     {command} ledger verify -c {demo.config_path}", highlight=False)
     return demo

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, case, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, bindparam, case, cast, func, select
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import experiments, files, grants, jobs, notices, replicas
@@ -38,25 +39,26 @@ def _sums(*columns: ColumnElement[Any]) -> list[ColumnElement[Any]]:
     return [func.count(), *(func.coalesce(func.sum(c), 0) for c in columns)]
 
 
-def _queries(file_id: int | None, experiment_id: int | None) -> list[Any]:
-    """One query per table; with a scope, only the rows of that file or experiment (a
-    table outside the scope is left out, its sums unchanged by the action)."""
-    scoped = file_id is not None or experiment_id is not None
-    tables: list[Any] = []
-    if not scoped:
-        tables.append(
-            select(
-                *_sums(
-                    experiments.c.id,
-                    _whole(experiments.c.end),
-                    _whole(experiments.c.pinned_until),
-                    func.length(experiments.c.station),
-                )
+@cache
+def _queries(file_scope: bool, experiment_scope: bool) -> tuple[Any, ...]:
+    """One query per table, built once per scope (a plan's apply runs them twice per
+    action); scoped ones take the `file_id` and `experiment_id` parameters, and a table
+    outside the scope is None: its sums do not change."""
+    scoped = file_scope or experiment_scope
+    file_id, experiment_id = bindparam("file_id"), bindparam("experiment_id")
+    out: list[Any] = [
+        None
+        if scoped
+        else select(
+            *_sums(
+                experiments.c.id,
+                _whole(experiments.c.end),
+                _whole(experiments.c.pinned_until),
+                func.length(experiments.c.station),
             )
         )
-    else:
-        tables.append(None)
-    file_tables = [
+    ]
+    by_file = [
         (
             select(
                 *_sums(
@@ -82,24 +84,18 @@ def _queries(file_id: int | None, experiment_id: int | None) -> list[Any]:
         ),
         (select(*_sums(func.length(jobs.c.id))), jobs.c.file_id),
     ]
-    for query, column in file_tables:
-        if not scoped:
-            tables.append(query)
-        elif file_id is not None:
-            tables.append(query.where(column == file_id))
-        else:
-            tables.append(None)
-    for query, column in (
+    by_experiment = [
         (select(*_sums(grants.c.id)), grants.c.experiment_id),
         (select(*_sums(_whole(notices.c.sent_at))), notices.c.experiment_id),
-    ):
+    ]
+    for query, column in by_file:
+        out.append(query if not scoped else query.where(column == file_id) if file_scope else None)
+    for query, column in by_experiment:
         if not scoped:
-            tables.append(query)
-        elif experiment_id is not None:
-            tables.append(query.where(column == experiment_id))
+            out.append(query)
         else:
-            tables.append(None)
-    return tables
+            out.append(query.where(column == experiment_id) if experiment_scope else None)
+    return tuple(out)
 
 
 _WIDTHS = (5, 6, 5, 2, 2, 2)
@@ -109,12 +105,14 @@ def aggregates(
     conn: Connection, file_id: int | None = None, experiment_id: int | None = None
 ) -> list[int]:
     """The sums, whole catalog or one file's and experiment's rows."""
+    params = {"file_id": file_id, "experiment_id": experiment_id}
+    queries = _queries(file_id is not None, experiment_id is not None)
     out: list[int] = []
-    for query, width in zip(_queries(file_id, experiment_id), _WIDTHS, strict=True):
+    for query, width in zip(queries, _WIDTHS, strict=True):
         if query is None:
             out += [0] * width
         else:
-            out += [int(v) for v in conn.execute(query).one()]
+            out += [int(v) for v in conn.execute(query, params).one()]
     return out
 
 
