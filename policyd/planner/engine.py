@@ -520,15 +520,16 @@ class Planner:
         pinned: bool,
         state: Planned,
         notify: model.NotifyBefore | None,
-    ) -> bool:
+    ) -> int:
         """Plan the delete of the file's replica on `location` if every rule of the
-        floor allows it; True when it was planned. The delete waits for the copies it
-        relies on and for the copies that read the replica it removes."""
+        floor allows it. The delete waits for the copies it relies on and for the copies
+        that read the replica it removes. Returns the bytes of a delete that only its
+        notice holds back (0 otherwise), which a threshold release counts as freed."""
         replica = reps.get(location)
         if replica is None or replica.state == "missing" or location in state.deleted:
-            return False
+            return 0
         if location in want or location in state.verified:
-            return False
+            return 0
         experiment, path = row["experiment.name"], row["file.path"]
         reason: str | None = None
         after: tuple[str, ...] = ()
@@ -539,11 +540,13 @@ class Planner:
         else:
             reason, after = self.floor_problem(reps, location, state)
         size = _replica_bytes(replica, row)
+        announced = 0
         if reason is None and notify is not None:
             reason = self.notice_wait(fr, experiment, notify, size)
+            announced = size
         if reason is not None:
             self.plan.blocked.append(Blocked(fr.name, experiment, path, location, reason))
-            return False
+            return announced
         self.plan.new_action(
             "delete",
             fr.name,
@@ -558,7 +561,7 @@ class Planner:
         )
         state.deleted.add(location)
         self.storage.remove(location, row.get("experiment.station"), size)
-        return True
+        return 0
 
     def notice_wait(
         self, fr: FileRule, experiment: str, notify: model.NotifyBefore, size: int
@@ -709,8 +712,11 @@ class Planner:
             query = self.file_query(
                 and_(where, self._replica_exists(s.from_, [*GOOD, "corrupt"]))
             ).order_by(order.nulls_first(), files.c.id)
+            # Deletes that wait for their notice will free this much once it is old: they
+            # count toward the low mark, so the notice announces only what is needed.
+            announced = 0
             for row, flags in self.rows(conn, query):
-                if self._released_enough(s, usage):
+                if self._released_enough(s, usage, announced):
                     break
                 if fr.residual is not None and not fr.residual(row):
                     continue
@@ -723,18 +729,26 @@ class Planner:
                     continue
                 want = self.desired(row, matched, reps)
                 for location in s.from_:
-                    self.plan_delete(
+                    held = self.plan_delete(
                         fr, row, reps, location, want, protected, pinned, state, s.notify
                     )
+                    if usage is not None and usage[0] == location:
+                        announced += (
+                            held if usage[1] in (None, row.get("experiment.station")) else 0
+                        )
 
     def _holds(self, expr: ast.Expr) -> bool:
         return bool(compile_python(ir.lower(expr, self.bindings))({}))
 
-    def _released_enough(self, s: model.Release, usage: tuple[str, str | None] | None) -> bool:
+    def _released_enough(
+        self, s: model.Release, usage: tuple[str, str | None] | None, announced: int
+    ) -> bool:
         if s.until is None or usage is None:
             return not self._holds(s.when)  # type: ignore[arg-type]
-        value = self.storage.usage(*usage)
-        return value is None or value <= s.until
+        limit = self.storage.limit(*usage)
+        if not limit:
+            return True
+        return (self.storage.used(*usage) - announced) / limit <= s.until
 
     def verify_pass(self, conn: Connection) -> None:
         for fr in self.file_rules:
