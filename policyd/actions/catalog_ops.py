@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, select, text, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import experiments, files, locations, replicas
@@ -47,9 +47,8 @@ class NoSuchFile(LookupError):
 
 def find_file(conn: Connection, experiment: str, path: str, *, lock: bool = False) -> FileFacts:
     """The file's catalog row; with `lock`, the row is locked until the transaction ends
-    (PostgreSQL: FOR UPDATE; SQLite: the transaction already holds the write lock)."""
-    if lock and conn.dialect.name == "sqlite":
-        conn.execute(text("UPDATE files SET id = id WHERE 0"))
+    (PostgreSQL: FOR UPDATE, for workers sharing a catalog; a SQLite catalog has one
+    apply at a time, whose deletes run one by one)."""
     query = (
         select(
             files.c.id,

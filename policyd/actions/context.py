@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 
 from policyd.actions.base import ActionFailed
+from policyd.actions.catalog_ops import location_ids
 from policyd.actions.stores import LocalStore
 from policyd.rules import ir
 from policyd.rules.model import Protect, Rule
 from policyd.rules.pyeval import Evaluator, compile_python
+from policyd.rules.workflows import Workflow
 from policyd.stations.config import SiteConfig
 
 
@@ -40,11 +43,20 @@ class ExecContext:
     clock: Callable[[], float] = time.time
     started_at: float = 0.0
     verified_by_copy: set[tuple[str, str, str]] = field(default_factory=set)
+    # By name; None until a workflow action runs and reads the site's workflow files.
+    workflows: dict[str, Workflow] | None = None
     _stores: dict[str, LocalStore] = field(default_factory=dict)
+    _location_ids: dict[str, int] = field(default_factory=dict)
     _protect: list[tuple[str, Evaluator]] | None = None
 
     def now(self) -> float:
         return self.clock()
+
+    def location_ids(self, conn: Connection) -> dict[str, int]:
+        """Location name -> catalog id (the site's locations do not change during an apply)."""
+        if not self._location_ids:
+            self._location_ids.update(location_ids(conn))
+        return self._location_ids
 
     def store(self, location: str) -> LocalStore:
         """The store of a location; an error for kinds this apply cannot reach yet."""

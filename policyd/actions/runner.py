@@ -377,17 +377,17 @@ class Runner:
 
 def _scope(conn: Connection, step: Step) -> tuple[int | None, int | None]:
     """The file and experiment an action changes, for its fingerprint difference."""
-    experiment_id = conn.execute(
-        select(experiments.c.id).where(experiments.c.name == step.get("experiment"))
-    ).scalar()
-    if not step.get("file") or experiment_id is None:
+    if not step.get("file"):
+        experiment_id = conn.execute(
+            select(experiments.c.id).where(experiments.c.name == step.get("experiment"))
+        ).scalar()
         return None, experiment_id
-    file_id = conn.execute(
-        select(files.c.id).where(
-            files.c.experiment_id == experiment_id, files.c.path == step.get("file")
-        )
-    ).scalar()
-    return file_id, experiment_id
+    found = conn.execute(
+        select(files.c.id, files.c.experiment_id)
+        .join(experiments, experiments.c.id == files.c.experiment_id)
+        .where(experiments.c.name == step.get("experiment"), files.c.path == step.get("file"))
+    ).first()
+    return (found[0], found[1]) if found is not None else (None, None)
 
 
 def _delta(conn: Connection, scope: tuple[int | None, int | None], before: list[int]) -> list[int]:

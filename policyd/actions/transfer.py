@@ -86,7 +86,7 @@ class Copy(Executor):
 
     def record(self, conn: Connection, step: Step, result: Result) -> None:
         facts = cat.find_file(conn, step.get("experiment"), step.get("file"), lock=True)
-        ids = cat.location_ids(conn)
+        ids = self.ctx.location_ids(conn)
         now = self.ctx.now()
         if result.facts.get("mismatch"):
             cat.mark_replica(conn, facts.id, ids[step.get("source")], "corrupt", now)
@@ -145,7 +145,7 @@ class Verify(Executor):
         if result.facts.get("by_copy"):
             return
         facts = cat.find_file(conn, step.get("experiment"), step.get("file"), lock=True)
-        location_id = cat.location_ids(conn)[step.get("target")]
+        location_id = self.ctx.location_ids(conn)[step.get("target")]
         now = self.ctx.now()
         if result.facts.get("missing"):
             cat.mark_replica(conn, facts.id, location_id, "missing", now)

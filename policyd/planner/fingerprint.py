@@ -18,7 +18,17 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, bindparam, case, cast, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import experiments, files, grants, jobs, notices, replicas
@@ -106,14 +116,31 @@ def aggregates(
 ) -> list[int]:
     """The sums, whole catalog or one file's and experiment's rows."""
     params = {"file_id": file_id, "experiment_id": experiment_id}
+    scoped = file_id is not None or experiment_id is not None
     queries = _queries(file_id is not None, experiment_id is not None)
+    if scoped:
+        return [int(v) for v in conn.execute(_one_query(queries), params).one()]
     out: list[int] = []
     for query, width in zip(queries, _WIDTHS, strict=True):
         if query is None:
             out += [0] * width
         else:
-            out += [int(v) for v in conn.execute(query, params).one()]
+            out += [int(v) for v in conn.execute(query).one()]
     return out
+
+
+@cache
+def _one_query(queries: tuple[Any, ...]) -> Any:
+    """The scoped sums in one round trip: each table's sums as scalar subqueries (the
+    scoped tables are small per file, and apply asks twice per action)."""
+    columns: list[Any] = []
+    for query, width in zip(queries, _WIDTHS, strict=True):
+        if query is None:
+            columns += [literal(0)] * width
+            continue
+        sub = query.subquery()
+        columns += [select(column).scalar_subquery() for column in sub.c]
+    return select(*columns)
 
 
 def subtract(total: Sequence[int], deltas: Sequence[Sequence[int]]) -> list[int]:
