@@ -75,6 +75,12 @@ class Executor:
     options: ClassVar[tuple[str, ...]] = ()
     locked: ClassVar[bool] = False
 
+    @classmethod
+    def handles(cls, schemes: frozenset[str]) -> bool:
+        """Whether this executor serves an action touching locations of these URL
+        schemes; the ones here serve everything but Globus, which has its own."""
+        return "globus" not in schemes
+
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx
 
@@ -95,12 +101,17 @@ class Executor:
         raise ActionFailed(f"{self.kind} does not run in the transaction", retryable=False)
 
 
-EXECUTORS: dict[str, type[Executor]] = {}
+#: Action kind -> its executors; `handles` picks the one for an action's locations.
+EXECUTORS: dict[str, list[type[Executor]]] = {}
 
 
 def register(cls: type[Executor]) -> type[Executor]:
-    EXECUTORS[cls.kind] = cls
+    EXECUTORS.setdefault(cls.kind, []).append(cls)
     return cls
+
+
+def executor_class(kind: str, schemes: frozenset[str]) -> type[Executor] | None:
+    return next((c for c in EXECUTORS.get(kind, ()) if c.handles(schemes)), None)
 
 
 ExecutorFactory = Callable[["ExecContext"], Executor]

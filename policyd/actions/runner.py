@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from policyd.actions import removal, transfer  # noqa: F401  (they register their executors)
-from policyd.actions.base import EXECUTORS, ActionFailed, Executor, Result, Step
+from policyd.actions import acl_posix, removal, transfer  # noqa: F401  (they register their executors)
+from policyd.actions.base import ActionFailed, Executor, Result, Step, executor_class
 from policyd.actions.context import ExecContext
 from policyd.actions.stores import LocalStore
 from policyd.audit import ledger
@@ -85,7 +85,7 @@ class Runner:
         self.progress = progress
         self.report = RunReport(ctx.plan_id)
         self.states: dict[str, ActionState] = {}
-        self.executors: dict[str, Executor] = {}
+        self.executors: dict[type[Executor], Executor] = {}
         retry = ctx.config.retry
         self.max_attempts = retry.attempts
         self.backoff = float(retry.backoff)
@@ -198,13 +198,21 @@ class Runner:
 
     # ---- scheduling
 
-    def executor(self, kind: str) -> Executor:
-        if kind not in self.executors:
-            cls = EXECUTORS.get(kind)
-            if cls is None:
-                raise ActionFailed(f"no executor for {kind} actions yet", retryable=False)
-            self.executors[kind] = cls(self.ctx)
-        return self.executors[kind]
+    def executor(self, step: Step) -> Executor:
+        """The executor for this action's kind and the URL schemes of its locations."""
+        locations = self.ctx.config.locations
+        schemes = frozenset(
+            locations[name].scheme
+            for name in (step.get("source"), step.get("target"))
+            if name in locations
+        )
+        cls = executor_class(step.kind, schemes)
+        if cls is None:
+            where = ", ".join(sorted(schemes)) or "no location"
+            raise ActionFailed(f"no executor for {step.kind} actions on {where}", retryable=False)
+        if cls not in self.executors:
+            self.executors[cls] = cls(self.ctx)
+        return self.executors[cls]
 
     def _blocked_by(self, state: ActionState) -> str | None:
         for dep in state.step.get("after", []):
@@ -241,7 +249,7 @@ class Runner:
                     if len(running) >= parallel or not self._ready(state, now):
                         continue
                     try:
-                        executor = self.executor(state.step.kind)
+                        executor = self.executor(state.step)
                     except ActionFailed as exc:
                         self._finish_failure(state, exc)
                         continue
@@ -260,7 +268,7 @@ class Runner:
                     )
                     for future in done:
                         state = running.pop(future)
-                        busy.subtract(self.executor(state.step.kind).locations(state.step))
+                        busy.subtract(self.executor(state.step).locations(state.step))
                         self._complete(state, future)
                 elif not any(self._ready(s, self.ctx.now()) for s in self.states.values()):
                     time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
@@ -314,7 +322,7 @@ class Runner:
             with self.ctx.engine.begin() as conn:
                 scope = _scope(conn, state.step)
                 before = fingerprint.aggregates(conn, *scope)
-                self.executor(state.step.kind).record(conn, state.step, result)
+                self.executor(state.step).record(conn, state.step, result)
                 delta = _delta(conn, scope, before)
                 if problem is None:
                     self._done(conn, state, result, delta)
