@@ -338,21 +338,44 @@ class Planner:
         winner, _ = self.layout(row, matched)
         if winner is not None:
             want.setdefault(winner.statement.on, []).append(winner)  # type: ignore[union-attr]
+        releasing = {
+            location
+            for fr in matched
+            if isinstance(fr.statement, model.Release | model.Archive)
+            for location in (
+                fr.statement.from_
+                if isinstance(fr.statement, model.Release)
+                else fr.statement.release_from
+            )
+        }
         for fr in matched:
             s = fr.statement
             if isinstance(s, model.Archive):
                 want.setdefault(s.to, []).append(fr)
             elif isinstance(s, model.Replicate):
-                for location in self.replicate_targets(s, reps, want):
+                for location in self.replicate_targets(s, reps, want, releasing):
                     want.setdefault(location, []).append(fr)
         return want
 
     def replicate_targets(
-        self, s: model.Replicate, reps: dict[str, Replica], want: dict[str, list[FileRule]]
+        self,
+        s: model.Replicate,
+        reps: dict[str, Replica],
+        want: dict[str, list[FileRule]],
+        releasing: set[str],
     ) -> list[str]:
         """Existing replicas (and ones other rules already want) count first, then the
-        locations with the most free space, config order breaking ties."""
+        locations with the most free space, config order breaking ties. Of more existing
+        replicas than it needs, the rule counts those other rules want, then those no
+        matching rule releases, verified before present, in config order."""
         have = [loc for loc in s.on if (loc in reps and reps[loc].state in GOOD) or loc in want]
+        have.sort(
+            key=lambda loc: (
+                loc not in want,
+                loc in releasing,
+                loc not in reps or reps[loc].state != "verified",
+            )
+        )
         chosen = have[: s.copies]
         rest = [loc for loc in s.on if loc not in chosen and loc in self.config.locations]
         rest.sort(key=lambda loc: (-(self.storage.free(loc) or 0), self.location_order[loc]))
