@@ -7,7 +7,7 @@ act on a catalog (an advisory lock: a lock file beside a SQLite catalog, a Postg
 advisory lock); and the catalog must be the one the plan was made from, other than by
 this plan's own actions (see `fingerprint`). Then the runner carries the actions out;
 at the end a usage snapshot per location and station is recorded (the history behind
-`time_to_full`).
+`time_to_full`), then alarm states, notices and their notifications (`alarms`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.engine import make_url
 
+from policyd.actions.alarms import record_alarms_and_notices
 from policyd.actions.context import ApplyOptions, ExecContext
 from policyd.actions.runner import Progress, Runner, RunReport, plan_id_of
 from policyd.audit import ledger
@@ -132,7 +133,7 @@ def check_fingerprint(engine: Engine, plan: LoadedPlan) -> None:
         deltas = [
             e.payload["delta"]
             for e in ledger.events(conn, plan_id=plan.plan_id)
-            if e.event == "done" and "delta" in e.payload
+            if "delta" in e.payload
         ]
     if (
         fingerprint.fingerprint_of(fingerprint.subtract(sums, deltas))
@@ -207,4 +208,5 @@ def apply_plan(
         ctx.started_at = ctx.now()
         report = Runner(ctx, plan.data, progress).run()
         record_usage(engine, config, ctx.now())
+        record_alarms_and_notices(ctx, plan.data, report)
     return report

@@ -161,6 +161,7 @@ class Planner:
         )
         self.planned: dict[int, Planned] = {}
         self.templates: dict[str, Template] = {}
+        self.error_keys: set[tuple[str, str | None, str | None, str]] = set()
         self.with_cache: dict[str, list[tuple[str, Evaluator]]] = {}
         self.location_ids: dict[str, int] = {}
         self.location_names: dict[int, str] = {}
@@ -191,6 +192,14 @@ class Planner:
                     )
                 )
         return out
+
+    def error(self, error: PlanError) -> None:
+        """Add a plan error once: a rule that fails the same way for several locations
+        of one file (or several grants of one experiment) says so once."""
+        key = (error.rule, error.experiment, error.file, error.message)
+        if key not in self.error_keys:
+            self.error_keys.add(key)
+            self.plan.errors.append(error)
 
     def template(self, text: str) -> Template:
         if text not in self.templates:
@@ -454,7 +463,7 @@ class Planner:
             return
         source = self.source(reps, location)
         if source is None:
-            self.plan.errors.append(
+            self.error(
                 PlanError(fr.name, experiment, path, "no present or verified replica to copy from")
             )
             return
@@ -464,7 +473,7 @@ class Planner:
             try:
                 target_path = self.template(layout).render(row)
             except TemplateError as exc:
-                self.plan.errors.append(PlanError(fr.name, experiment, path, str(exc)))
+                self.error(PlanError(fr.name, experiment, path, str(exc)))
                 return
         size = int(row.get("file.size") or 0)
         # A corrupt replica's bytes are already counted; the copy overwrites them.
@@ -649,7 +658,7 @@ class Planner:
         if not ready:
             waiting = [state.verified[n] for n in local if n in state.verified]
             if not waiting:
-                self.plan.errors.append(
+                self.error(
                     PlanError(
                         fr.name,
                         row["experiment.name"],
@@ -910,9 +919,7 @@ class Planner:
         try:
             return self.template(text).render(row, upto_file=True)
         except TemplateError as exc:
-            self.plan.errors.append(
-                PlanError(rule.name if rule else "", row["experiment.name"], None, str(exc))
-            )
+            self.error(PlanError(rule.name if rule else "", row["experiment.name"], None, str(exc)))
             return None
 
     def alarm_pass(self, conn: Connection) -> None:
