@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -84,11 +86,25 @@ def test_demo_builds_a_site_with_real_files_and_a_catalog(tmp_path: Path) -> Non
     result = run("demo", "--dir", site, "--experiments", "4", "--files", "60")
     assert result.returncode == 0, result.stderr
     assert f"Demo site in {site}" in " ".join(result.stdout.split())
-    on_disk = [p for p in (site / "storage").rglob("*") if p.is_file()]
-    assert len(on_disk) == 240
     stats = run("catalog", "stats", "--format", "json", "-c", site / "policyd.yaml")
     assert json.loads(stats.stdout)["nFiles"] == 240
-    assert json.loads(stats.stdout)["collectionSize"] == sum(p.stat().st_size for p in on_disk)
+    # the demo applied its plan: every replica recorded is on disk with the file's md5,
+    # nothing else is, and planning again finds nothing to do
+    with sqlite3.connect(site / "catalog.db") as db:
+        recorded = {
+            Path(url.removeprefix("file://")) / path: md5
+            for url, path, md5 in db.execute(
+                "SELECT l.url, r.path, f.md5 FROM replicas r JOIN files f ON f.id = r.file_id "
+                "JOIN locations l ON l.id = r.location_id WHERE r.state = 'verified'"
+            )
+        }
+        total = db.execute("SELECT count(*) FROM replicas").fetchone()[0]
+    on_disk = {p for p in (site / "storage").rglob("*") if p.is_file()}
+    assert len(recorded) == total > 240
+    assert on_disk == set(recorded)
+    assert all(hashlib.md5(p.read_bytes()).hexdigest() == recorded[p] for p in on_disk)
+    assert "a second plan: 0 actions" in result.stdout
+    assert "ledger verify: ok" in result.stdout
     refused = run("demo", "--dir", site)
     assert refused.returncode == 1 and "is not an empty folder" in refused.stderr
 
