@@ -51,6 +51,8 @@ from policyd.units import format_duration
 
 BATCH = 2000
 GOOD = ("present", "verified")
+#: Functions whose value changes as the plan copies and deletes (spec/rules.md 5).
+STORAGE_FUNCTIONS = frozenset({"usage", "used", "free", "time_to_full"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class FileRule:
     residual: Evaluator | None
     flag: str
     selected: bool
+    dynamic: bool = False  # the where reads storage: decided per file with the plan so far
 
     @property
     def name(self) -> str:
@@ -95,6 +98,9 @@ class PlanOptions:
     now: float
     rules: Sequence[str] = ()  # full or short names; empty means every rule
     station: str | None = None
+
+
+LIVE_REASON = "reads usage, used, free or time_to_full, which change as the plan copies and deletes"
 
 
 class RuleSelectionError(ValueError):
@@ -162,6 +168,10 @@ class Planner:
         self.planned: dict[int, Planned] = {}
         self.templates: dict[str, Template] = {}
         self.error_keys: set[tuple[str, str | None, str | None, str]] = set()
+        # storage changes made by the plan so far, and the storage-reading wheres lowered
+        # at a given count of them
+        self.storage_version = 0
+        self.live: dict[str, tuple[int, Evaluator]] = {}
         self.with_cache: dict[str, list[tuple[str, Evaluator]]] = {}
         self.location_ids: dict[str, int] = {}
         self.location_names: dict[int, str] = {}
@@ -178,8 +188,15 @@ class Planner:
                 if statement.verb not in model.FILE_VERBS and statement.verb != "verify":
                     continue
                 where = ir.lower(statement.where, self.bindings, rule.station)  # type: ignore[union-attr]
-                push = pushdown(where, self.sources)
-                residual = compile_python(push.residual) if push.residual is not None else None
+                dynamic = any(
+                    isinstance(node, ast.Call) and node.name in STORAGE_FUNCTIONS
+                    for node in ast.walk(statement.where)  # type: ignore[union-attr]
+                )
+                if dynamic:
+                    push, residual = Pushdown(None, where, [LIVE_REASON]), None
+                else:
+                    push = pushdown(where, self.sources)
+                    residual = None if push.residual is None else compile_python(push.residual)
                 out.append(
                     FileRule(
                         rule,
@@ -189,9 +206,15 @@ class Planner:
                         residual,
                         f"m{len(out)}",
                         rule.name in self.selected,
+                        dynamic,
                     )
                 )
         return out
+
+    def storage_change(self, location: str, station: str | None, size: int) -> None:
+        """The plan adds (or, negative, frees) `size` bytes on `location`."""
+        self.storage.add(location, station, size)
+        self.storage_version += 1
 
     def error(self, error: PlanError) -> None:
         """Add a plan error once: a rule that fails the same way for several locations
@@ -329,6 +352,19 @@ class Planner:
     def matches(self, fr: FileRule, row: Row, flags: dict[str, bool]) -> bool:
         if not flags[fr.flag]:
             return False
+        return self.where_holds(fr, row)
+
+    def where_holds(self, fr: FileRule, row: Row) -> bool:
+        """The part of the rule's `where` the database did not decide, on `row`: the
+        residual, or the whole condition with storage as the plan has left it so far."""
+        if fr.dynamic:
+            version, test = self.live.get(fr.flag, (-1, None))
+            if test is None or version != self.storage_version:
+                statement = fr.statement
+                node = ir.lower(statement.where, self.bindings, fr.rule.station)  # type: ignore[union-attr]
+                test = compile_python(node)
+                self.live[fr.flag] = (self.storage_version, test)
+            return bool(test(row))
         return fr.residual is None or bool(fr.residual(row))
 
     def layout(self, row: Row, matched: list[FileRule]) -> tuple[FileRule | None, str]:
@@ -496,7 +532,7 @@ class Planner:
         )
         state.verified[location] = verify.id
         state.reads.setdefault(source, []).append((copy.id, verify.id))
-        self.storage.add(location, row.get("experiment.station"), size - replaced)
+        self.storage_change(location, row.get("experiment.station"), size - replaced)
 
     def source(self, reps: dict[str, Replica], target: str) -> str | None:
         """Not tape first, then the target's site, then config order."""
@@ -537,7 +573,7 @@ class Planner:
             return f"release_grace: the copies it relies on are not {grace} old yet", ()
         if len(old) + len(planned) >= required:
             return None, _ordered_ids(planned.values())
-        remaining = len(old) + len(planned)
+        remaining = len(others) + len(planned)
         noun = "replica" if remaining == 1 else "replicas"
         return f"min_copies: {remaining} verified {noun} would remain, {required} required", ()
 
@@ -592,7 +628,7 @@ class Planner:
             ),
         )
         state.deleted.add(location)
-        self.storage.remove(location, row.get("experiment.station"), size)
+        self.storage_change(location, row.get("experiment.station"), -size)
         return 0
 
     def notice_wait(
@@ -641,8 +677,8 @@ class Planner:
         self.plan.new_action("expire", fr.name, "expire", experiment, file=path, bytes=size)
         for r in reps.values():
             if r.state != "missing":
-                self.storage.remove(
-                    r.location, row.get("experiment.station"), _replica_bytes(r, row)
+                self.storage_change(
+                    r.location, row.get("experiment.station"), -_replica_bytes(r, row)
                 )
         return True
 
@@ -750,7 +786,7 @@ class Planner:
             for row, flags in self.rows(conn, query):
                 if self._released_enough(s, usage, announced):
                     break
-                if fr.residual is not None and not fr.residual(row):
+                if not self.where_holds(fr, row):
                     continue
                 reps = {r.location: r for r in row["_replicas"]}
                 matched = [f for f in self.file_rules if self.matches(f, row, flags)]
@@ -806,7 +842,7 @@ class Planner:
             for row, _ in self.rows(conn, query):
                 if taken >= limit:
                     break
-                if fr.residual is not None and not fr.residual(row):
+                if not self.where_holds(fr, row):
                     continue
                 planned = self.planned.get(row["file.id"])
                 if planned is not None and (
