@@ -206,7 +206,10 @@ def apply_plan(
         if clock is not None:
             ctx.clock = clock
         ctx.started_at = ctx.now()
-        report = Runner(ctx, plan.data, progress).run()
+        try:
+            report = Runner(ctx, plan.data, progress).run()
+        finally:
+            ctx.close()  # the connections of sftp:// locations
         record_usage(engine, config, ctx.now())
         record_alarms_and_notices(ctx, plan.data, report)
     return report

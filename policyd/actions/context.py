@@ -1,11 +1,14 @@
 """What every executor of one apply shares: the site, the stores, the options, the clock.
 
 `apply` and the daemon read the wall clock (spec/rules.md section 4: `now` is the wall
-clock there); it is read through `clock` so tests can give their own.
+clock there); it is read through `clock` so tests can give their own. The stores are
+made on first use, once per location (worker threads ask concurrently), and closed
+with the context: an `sftp://` store holds connections open.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +19,8 @@ from sqlalchemy.engine import Connection
 
 from policyd.actions.base import ActionFailed
 from policyd.actions.catalog_ops import location_ids
-from policyd.actions.stores import LocalStore
+from policyd.actions.sftp import SftpStore
+from policyd.actions.stores import LocalStore, Store
 from policyd.rules import ir
 from policyd.rules.model import Protect, Rule
 from policyd.rules.pyeval import Evaluator, compile_python
@@ -45,7 +49,8 @@ class ExecContext:
     verified_by_copy: set[tuple[str, str, str]] = field(default_factory=set)
     # By name; None until a workflow action runs and reads the site's workflow files.
     workflows: dict[str, Workflow] | None = None
-    _stores: dict[str, LocalStore] = field(default_factory=dict)
+    _stores: dict[str, Store] = field(default_factory=dict)
+    _stores_lock: threading.Lock = field(default_factory=threading.Lock)
     _location_ids: dict[str, int] = field(default_factory=dict)
     _protect: list[tuple[str, Evaluator]] | None = None
 
@@ -58,23 +63,33 @@ class ExecContext:
             self._location_ids.update(location_ids(conn))
         return self._location_ids
 
-    def store(self, location: str) -> LocalStore:
+    def store(self, location: str) -> Store:
         """The store of a location; an error for kinds this apply cannot reach yet."""
-        if location not in self._stores:
-            loc = self.config.locations.get(location)
-            if loc is None:
-                raise ActionFailed(
-                    f"location {location} is not in the site config", retryable=False
-                )
-            root = loc.root_path
-            if root is None:
-                raise ActionFailed(
-                    f"location {location} ({loc.scheme}://) has no transfer executor on this "
-                    "machine yet; only file:// locations are served",
-                    retryable=False,
-                )
-            self._stores[location] = LocalStore(location, root)
-        return self._stores[location]
+        with self._stores_lock:
+            if location not in self._stores:
+                self._stores[location] = self._make_store(location)
+            return self._stores[location]
+
+    def _make_store(self, location: str) -> Store:
+        loc = self.config.locations.get(location)
+        if loc is None:
+            raise ActionFailed(f"location {location} is not in the site config", retryable=False)
+        if loc.root_path is not None:
+            return LocalStore(location, loc.root_path)
+        if loc.scheme == "sftp":
+            return SftpStore(location, loc.url, loc.ssh_key)
+        raise ActionFailed(
+            f"location {location} ({loc.scheme}://) has no transfer executor on this "
+            "machine yet; only file:// and sftp:// locations are served",
+            retryable=False,
+        )
+
+    def close(self) -> None:
+        """Let go of what the stores hold open (connections of sftp:// locations)."""
+        with self._stores_lock:
+            stores = list(self._stores.values())
+        for store in stores:
+            store.close()
 
     def protected_by(self, row: dict[str, Any]) -> str | None:
         """The first `protect` rule matching the file's row, re-evaluated now."""

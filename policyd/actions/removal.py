@@ -43,9 +43,11 @@ def rule_row(
 
 
 def _still_there(ctx: Any, replica: cat.ReplicaFacts) -> bool:
-    """Whether a replica policyd relies on exists on storage (remote ones are trusted)."""
+    """Whether a replica policyd relies on exists on storage (file:// and sftp:// ones are
+    looked at, an unreachable SFTP host raising so the delete waits; Globus ones are
+    trusted)."""
     loc = ctx.config.locations.get(replica.location)
-    if loc is None or loc.root_path is None:
+    if loc is None or loc.scheme not in ("file", "sftp"):
         return True
     store = ctx.store(replica.location)
     size = store.size(replica.path)

@@ -6,6 +6,9 @@ no absolute path, no NUL) and every folder on the way is checked not to be a sym
 link, so a link planted inside a location can never make policyd read, write or
 delete outside its root. Writes go to a temporary name in the target folder and are
 renamed into place only after fsync, so a reader (or a crash) never sees half a file.
+
+`Store` is what the executors ask of any location's storage; `SftpStore`
+(`policyd/actions/sftp.py`) is the other implementation, for `sftp://` locations.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from policyd.actions.base import ActionFailed, refused
 
@@ -34,24 +37,73 @@ class Written:
     size: int
 
 
+class FileStat(Protocol):
+    """What a copy keeps of its source: an `os.stat_result`, or the SFTP attributes."""
+
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_mtime(self) -> float: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+
+
+class Store(Protocol):
+    """A location's storage as the executors use it, whatever carries the bytes.
+
+    Paths are relative to the location's root and checked by every method (invariant
+    4); `path` gives the checked path in a form for messages. `free_bytes` is None
+    where the storage cannot tell. `close` lets go of what the store holds open.
+    """
+
+    name: str
+
+    def path(self, rel: str) -> Path | str: ...
+    def exists(self, rel: str) -> bool: ...
+    def lexists(self, rel: str) -> bool: ...
+    def size(self, rel: str) -> int | None: ...
+    def free_bytes(self) -> int | None: ...
+    def read_chunks(self, rel: str) -> Iterator[bytes]: ...
+    def checksum(self, rel: str) -> Written: ...
+    def remove_temp(self, rel: str, tag: str) -> bool: ...
+    def write(
+        self,
+        rel: str,
+        chunks: Iterator[bytes],
+        tag: str,
+        *,
+        expected_size: int | None,
+        mtime_ns: int | None = None,
+        mode: int | None = None,
+    ) -> Written: ...
+    def remove(self, rel: str) -> bool: ...
+    def stat(self, rel: str) -> FileStat: ...
+    def close(self) -> None: ...
+
+
 def temp_name(name: str, tag: str) -> str:
     """The temporary name a copy writes to before its rename; `tag` names the action,
     so a resumed apply finds (and removes) what an interrupted one left."""
     return f".{name}.{tag}{TEMP_MARK}"
 
 
+def segments(location: str, rel: str) -> list[str]:
+    """The segments of a relative path inside a location, refused when it could leave
+    the root (an absolute path, `..`, `.`, an empty segment or a NUL)."""
+    if not rel or "\x00" in rel or rel.startswith("/"):
+        raise refused(f"path {rel!r} is not a relative path inside {location}")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise refused(f"path {rel!r} would leave location {location}")
+    return parts
+
+
 class LocalStore:
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
         self.root = root
-
-    def _segments(self, rel: str) -> list[str]:
-        if not rel or "\x00" in rel or rel.startswith("/"):
-            raise refused(f"path {rel!r} is not a relative path inside {self.name}")
-        parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise refused(f"path {rel!r} would leave location {self.name}")
-        return parts
 
     def mounted(self) -> bool:
         return self.root.is_dir()
@@ -60,7 +112,7 @@ class LocalStore:
         """The absolute path of `rel`, with no symbolic link on the way from the root."""
         if not self.mounted():
             raise ActionFailed(f"location {self.name} is not mounted at {self.root}")
-        parts = self._segments(rel)
+        parts = segments(self.name, rel)
         current = self.root
         for part in parts[:-1]:
             current = current / part
@@ -87,13 +139,17 @@ class LocalStore:
         except ActionFailed:
             return False
 
+    def lexists(self, rel: str) -> bool:
+        """Whether anything is at `rel` (a path that is refused raises)."""
+        return os.path.lexists(self.path(rel))
+
     def size(self, rel: str) -> int | None:
         try:
             return os.lstat(self.path(rel)).st_size
         except (FileNotFoundError, ActionFailed):
             return None
 
-    def free_bytes(self) -> int:
+    def free_bytes(self) -> int | None:
         info = os.statvfs(self.root)
         return info.f_bavail * info.f_frsize
 
@@ -151,7 +207,7 @@ class LocalStore:
         except OSError as exc:
             raise _write_error(exc, temp) from None
         try:
-            written = _pipe(chunks, fd)
+            written = pipe(chunks, lambda data: _write_all(fd, data))
             os.fsync(fd)
         except BaseException as exc:
             os.close(fd)
@@ -186,21 +242,33 @@ class LocalStore:
     def stat(self, rel: str) -> os.stat_result:
         return os.lstat(self.path(rel))
 
+    def close(self) -> None:
+        """Nothing to let go of: every method opens and closes what it uses."""
 
-def _pipe(chunks: Iterator[bytes], fd: int) -> Written:
-    """Read and hash in one thread, write in this one (hashlib and os.write release the
-    GIL), with a small bounded queue between them."""
+
+def pipe(chunks: Iterator[bytes], write: Callable[[bytes], None]) -> Written:
+    """Read and hash in one thread, write in this one (hashlib, os.write and sockets
+    release the GIL), with a small bounded queue between them. When writing fails,
+    the reader stops at its next chunk instead of reading the rest of the source."""
     digest = hashlib.md5(usedforsecurity=False)
     handoff: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+    stop = threading.Event()
 
     def produce() -> None:
         try:
             for chunk in chunks:
+                if stop.is_set():
+                    return
                 digest.update(chunk)
                 handoff.put(chunk)
             handoff.put(None)
         except BaseException as exc:
             handoff.put(exc)
+        finally:
+            # a source that holds a connection (SFTP) gives it back now, not at GC
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     reader = threading.Thread(target=produce, daemon=True)
     reader.start()
@@ -212,18 +280,23 @@ def _pipe(chunks: Iterator[bytes], fd: int) -> Written:
                 break
             if isinstance(item, BaseException):
                 raise item
-            view = memoryview(item)
-            while view:
-                done = os.write(fd, view)
-                view = view[done:]
+            write(item)
             size += len(item)
     finally:
+        stop.set()
         while reader.is_alive():
             try:
                 handoff.get_nowait()
             except queue.Empty:
                 reader.join(0.05)
     return Written(digest.hexdigest(), size)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.write(fd, view)
+        view = view[done:]
 
 
 def _write_error(exc: OSError, path: Path) -> ActionFailed:

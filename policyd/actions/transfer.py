@@ -10,7 +10,6 @@ wins). A mismatch removes what was written and marks the source `corrupt`.
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 from sqlalchemy.engine import Connection
@@ -42,10 +41,10 @@ class Copy(Executor):
                 retryable=False,
             )
         size = facts.size if facts.size is not None else origin.size
-        if size is not None and target.free_bytes() < size:
+        free = None if size is None else target.free_bytes()  # None: cannot tell (some SFTP)
+        if size is not None and free is not None and free < size:
             raise ActionFailed(
-                f"not enough free space on {target.name}: {target.free_bytes()} bytes free, "
-                f"{size} needed"
+                f"not enough free space on {target.name}: {free} bytes free, {size} needed"
             )
         try:
             info = source.stat(origin.path)
@@ -136,7 +135,7 @@ class Verify(Executor):
             replica = cat.file_replicas(conn, facts.id).get(step.get("target"))
         if replica is None:
             raise ActionFailed(f"no replica on {step.get('target')} to verify", retryable=False)
-        if not os.path.lexists(store.path(replica.path)):
+        if not store.lexists(replica.path):
             return Result({"missing": True}, f"{store.path(replica.path)} is missing")
         read: Written = store.checksum(replica.path)
         return Result({"md5": read.md5, "size": read.size, "expected": facts.md5}, bytes=read.size)
