@@ -402,15 +402,11 @@ class SqlCompiler:
         return _guarded(test, (a, an), (b, bn))
 
     def glob(self, node: ir.Glob) -> ColumnElement[bool]:
-        operand = node.operand
-        tokens = glob_tokens(node)
-        fast = tokens is not None and isinstance(operand, ir.Field)
-        if fast and (
-            operand.name == "file.path" or (operand.name, node.name_only) == ("file.name", True)
-        ):
-            target = "file.name" if node.name_only else "file.path"
+        fast = _fast_glob(node)
+        if fast is not None:
+            target, tokens = fast
             return GlobMatch(self.src.column(target), tokens)
-        value, nullable = self.value(operand, "text")
+        value, nullable = self.value(node.operand, "text")
         return _guarded(value.regexp_match(node.regex), (value, nullable))
 
     def member(self, node: ir.In) -> ColumnElement[bool]:
@@ -432,6 +428,36 @@ class SqlCompiler:
         raise ir.Unsupported(node, "membership in a list that is not a constant or a field")
 
 
+def _fast_glob(node: ir.Glob) -> tuple[str, tuple[GlobToken, ...]] | None:
+    """The column and tokens of a glob matched with GLOB or LIKE, or None when it
+    needs the regular expression."""
+    tokens = glob_tokens(node)
+    operand = node.operand
+    if tokens is None or not isinstance(operand, ir.Field):
+        return None
+    if operand.name == "file.path" or (operand.name, node.name_only) == ("file.name", True):
+        return ("file.name" if node.name_only else "file.path"), tokens
+    return None
+
+
+def _cost(node: ir.Node) -> int:
+    """A rank of what a condition costs per row: column tests 0, JSON parsing and list
+    membership 1, a regular expression 2 (on SQLite a call back into Python), a
+    `copies()` count 3 (a correlated subquery)."""
+    worst = 0
+    for part in ir.walk(node):
+        match part:
+            case ir.Copies():
+                worst = max(worst, 3)
+            case ir.Regex():
+                worst = max(worst, 2)
+            case ir.Glob():
+                worst = max(worst, 0 if _fast_glob(part) is not None else 2)
+            case ir.Meta() | ir.In(container=ir.Field()):
+                worst = max(worst, 1)
+    return worst
+
+
 def _guarded(
     test: ColumnElement[bool], *operands: tuple[ColumnElement[Any], bool]
 ) -> ColumnElement[bool]:
@@ -440,18 +466,24 @@ def _guarded(
 
 
 def pushdown(node: ir.Node, sources: Sources) -> Pushdown:
-    """The parts of a conjunction SQL can express, and the rest for Python."""
+    """The parts of a conjunction SQL can express, and the rest for Python.
+
+    The pushed parts go cheapest first (`_cost`, ties in their order): every part is
+    two-valued, so the order does not change the result, and SQLite evaluates `AND`
+    from the left and stops at the first false one, so a plain column test in front
+    spares most rows the regular expression or the subquery behind it."""
     compiler = SqlCompiler(sources)
-    pushed: list[ColumnElement[bool]] = []
+    pushed: list[tuple[int, ColumnElement[bool]]] = []
     left: list[ir.Node] = []
     reasons: list[str] = []
     for part in ir.conjuncts(node):
         try:
-            pushed.append(compiler.condition(part))
+            pushed.append((_cost(part), compiler.condition(part)))
         except ir.Unsupported as exc:
             left.append(part)
             reasons.append(exc.reason)
-    sql = and_(*pushed) if pushed else None
+    pushed.sort(key=lambda item: item[0])
+    sql = and_(*(condition for _, condition in pushed)) if pushed else None
     residual = ir.conjunction(left) if left else None
     return Pushdown(sql, residual, reasons)
 
