@@ -24,6 +24,7 @@ from policyd.catalog.db import CatalogUnavailable
 from policyd.catalog.importers import KINDS, ImportReport, ImportUsageError
 from policyd.catalog.imports import ImportOptions, run_import
 from policyd.catalog.pipeline import StoreFailed
+from policyd.catalog.schema import JOB_STATUSES
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
 from policyd.site import Site, open_site
@@ -771,6 +772,92 @@ def ledger_verify(config: Path | None) -> None:
             "the ledger was changed outside policyd; keep the database for investigation",
         )
     out.print(f"ledger ok: {result.events} events, last hash {result.last_hash}", highlight=False)
+
+
+@main.group("jobs", context_settings=CONTEXT, invoke_without_command=True)
+@config_option
+@click.option("--status", type=click.Choice(JOB_STATUSES), help="Only jobs with this status.")
+@click.option("--workflow", metavar="W", help="Only jobs of workflow W.")
+@format_option("table", "json")
+@click.pass_context
+@friendly_errors
+def jobs(
+    ctx: click.Context, config: Path | None, status: str | None, workflow: str | None, fmt: str
+) -> None:
+    """Workflow jobs with their status, stage and times, oldest first.
+
+    `policyd jobs show ID` gives one job's variables and each stage's command, exit
+    status and output tails.
+
+    \b
+    Examples:
+      policyd jobs
+      policyd jobs --status failed --workflow xpcs-8idi
+      policyd jobs show 7e01fb97
+      policyd jobs --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from policyd.actions.workflow import list_jobs
+    from policyd.planner.plan import iso
+    from policyd.units import format_duration
+
+    with site_for(config).reader.connect() as conn:
+        views = list_jobs(conn, status=status, workflow=workflow)
+    if fmt == "json":
+        emit_json([v.to_json() for v in views])
+        return
+    if not views:
+        out.print("no jobs" + (" match" if status or workflow else ""), highlight=False)
+        return
+    colour = {"done": "green", "failed": "red", "timeout": "red", "aborted": "magenta"}
+    table = Table(title=plural(len(views), "job"))
+    for name in ("job", "status", "workflow", "file", "stage", "started", "took", "tries"):
+        table.add_column(name, justify="right" if name == "tries" else "left")
+    for v in views:
+        table.add_row(
+            v.id[:8],  # `policyd jobs show` takes the start of an id
+            f"[{colour.get(v.status, 'yellow')}]{v.status}[/]",
+            escape(v.workflow),
+            escape(f"{v.experiment}:{v.file}"),
+            escape(v.stage or ""),
+            iso(round(v.started_at)) if v.started_at is not None else "",
+            "" if v.took is None else format_duration(v.took),
+            str(v.attempts),
+        )
+    out.print(table)
+
+
+@jobs.command("show", context_settings=CONTEXT)
+@click.argument("job_id", metavar="ID")
+@config_option
+@format_option("text", "json")
+@friendly_errors
+def jobs_show(job_id: str, config: Path | None, fmt: str) -> None:
+    """One job: its variables and each stage's runs.
+
+    Each run with its command as run, exit status, times and the tails of its stdout
+    and stderr. ID may be the start of a job id that no other job shares.
+
+    \b
+    Examples:
+      policyd jobs show 7e01fb97-44b1-4b7f-b1ca-d08624eb8c77
+      policyd jobs show 7e01fb97 --format json
+    """
+    from policyd.actions.workflow import job_text, list_jobs
+
+    with site_for(config).reader.connect() as conn:
+        views = list_jobs(conn, prefix=job_id)
+    exact = [v for v in views if v.id == job_id]
+    if len(views) > 1 and not exact:
+        raise fail(f"{len(views)} jobs have ids starting with {job_id!r}; give more of it")
+    if not views:
+        raise fail(f"no job {job_id!r}", "`policyd jobs` lists them")
+    view = (exact or views)[0]
+    if fmt == "json":
+        emit_json(view.to_json())
+    else:
+        out.print(job_text(view), highlight=False, markup=False)
 
 
 class PlanningProgress:

@@ -63,6 +63,10 @@ def append(
     """Append one event inside the caller's transaction."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK})
+    elif conn.dialect.name == "sqlite":
+        # SQLite begins the transaction at its first write: take the write lock before
+        # reading the chain's end, or two writers both append after the same event.
+        conn.execute(text("UPDATE audit_events SET seq = seq WHERE 0"))
     last = conn.execute(
         select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
     ).first()

@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 REPLICA_STATES = ("present", "verified", "missing", "corrupt")
+#: A workflow job's status (spec/rules.md section 8; policyd/actions/workflow.py).
+JOB_STATUSES = ("pending", "running", "done", "failed", "aborted", "timeout")
 
 metadata = MetaData(
     naming_convention={
