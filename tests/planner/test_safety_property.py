@@ -9,9 +9,12 @@ its own table, so it judges the plan from the rules, not from the planner:
 * in every order `apply` may run the plan in (any order that respects `after`), a file
   that loses a replica keeps `max(min_copies, 1)` verified ones: the catalog's (old
   enough under `release_grace`) plus the plan's verified copies the deletes wait for;
+  and a replica is not deleted before the copies that read it are made;
 * no delete hits a replica a place or archive rule wants, nor takes a replicate rule's
   location set below its copies; protected and pinned files lose nothing; a file the
   plan expires gets nothing else, and a file the catalog has expired gets nothing;
+* all of this also when `plan --rule` selects some of the rules (locks still come from
+  every enabled rule);
 * planning twice gives the same bytes.
 
 The number of examples comes from the hypothesis profile (tests/conftest.py).
@@ -57,7 +60,7 @@ timezone: UTC
 catalog: sqlite:///catalog.db
 locations:
   daq-8idi: {{url: "file:storage/daq-8idi", tier: daq, site: 8idi, capacity: 1 MB}}
-  voyager: {{url: "file:storage/voyager", tier: disk, site: aps, capacity: 1000 B}}
+  voyager: {{url: "file:storage/voyager", tier: disk, site: aps, capacity: 500 B}}
   hpc: {{url: "file:storage/hpc", tier: hpc, site: alcf, capacity: 1 MB}}
   tape: {{url: "file:storage/tape", tier: tape, site: aps, capacity: 1 MB}}
 safety: {{min_copies: {min_copies}, release_grace: {grace}}}
@@ -286,6 +289,8 @@ def check_plan(
         deleted = {a.target for a in deletes}
         for a in deletes:
             assert a.target in reps and reps[a.target]["state"] != "missing"
+            readers = {c.id for c in mine if c.kind == "copy" and c.source == a.target}
+            assert readers <= closure(a, by_id), "a delete waits for the copies reading it"
         assert len(deleted) == len(deletes), "one delete per replica"
 
         # The floor, in every order apply may take: any set of deletes done, with only
@@ -334,6 +339,7 @@ def check_plan(
     rules=rule_sets(),
     min_copies=st.sampled_from((1, 1, 2, 3)),
     grace=st.booleans(),
+    selection=st.sets(st.integers(0, 4)),
 )
 def test_plans_keep_the_floor_and_the_locks(
     site: SiteUnderTest,
@@ -341,6 +347,7 @@ def test_plans_keep_the_floor_and_the_locks(
     rules: list[RuleSpec],
     min_copies: int,
     grace: bool,
+    selection: set[int],
 ) -> None:
     grace_seconds = DAY if grace else 0.0
     config_path = site.root / "policyd.yaml"
@@ -357,7 +364,9 @@ def test_plans_keep_the_floor_and_the_locks(
         for table in (replicas, files, experiments):
             conn.execute(delete(table))
     fill_catalog(site.engine, catalog)
-    options = PlanOptions(NOW)
+    # --rule: the enabled rules picked by `selection` (none picked: every rule)
+    picked = [r.name for i, r in enumerate(rules) if i in selection and not r.disabled]
+    options = PlanOptions(NOW, picked)
     first = make_plan(config, site.engine, model, options)
     check_plan(first, catalog, rules, min_copies, grace_seconds)
     second = make_plan(config, site.engine, model, options)
