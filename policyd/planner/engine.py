@@ -4,8 +4,10 @@ The database narrows, Python decides. Each selected rule's `where` is pushed dow
 SQL together with "this file may need something" (no verified replica where the rule
 wants one, a replica where it releases, no job for this content, ...), so one query
 over files streams just the candidates, in file order, with every enabled rule's
-match flag computed by the database. For each candidate, Python takes the flags (and
-evaluates whatever part of a rule SQL could not express), the file's replicas, and
+match flag computed by the database (a `where` that reads `usage`, `used`, `free` or
+`time_to_full` stays in Python, lowered again as the plan's own copies and deletes
+change those). For each candidate, Python takes the flags (and evaluates whatever part
+of a rule SQL could not express), the file's replicas, and
 decides per spec/rules.md section 5: the desired replicas and locks of every enabled
 rule, copies with their sources, deletes only above the safety floor, expires,
 workflow runs. Threshold releases and fixity checks need a global order (`order by`,
