@@ -50,10 +50,10 @@ class StorageState:
         with engine.connect() as conn:
             sums = conn.execute(query).all()
             # Read after the sums, so every experiment a summed file belongs to is seen.
-            names = dict(conn.execute(select(locations.c.id, locations.c.name)).tuples().all())
-            stations = dict(
-                conn.execute(select(experiments.c.id, experiments.c.station)).tuples().all()
-            )
+            names = {i: n for i, n in conn.execute(select(locations.c.id, locations.c.name))}
+            stations = {
+                i: s for i, s in conn.execute(select(experiments.c.id, experiments.c.station))
+            }
             for location_id, experiment_id, used, count in sums:
                 location, station = names[location_id], stations[experiment_id]
                 self.used_bytes[location] += int(used or 0)
