@@ -80,7 +80,8 @@ def check_limits(plan: dict[str, Any], config: SiteConfig, options: ApplyOptions
             "rerun with --allow-expire, or plan without the expire rules (--rule)"
         )
     limit = config.safety.max_delete_per_run
-    freed = sum(a.get("bytes") or 0 for a in plan["actions"] if a["kind"] == "delete")
+    # expires delete too: the same measure as the plan's `over_max_delete`
+    freed = sum(a.get("bytes") or 0 for a in plan["actions"] if a["kind"] in ("delete", "expire"))
     if limit is not None and freed > limit and not options.allow_bulk_delete:
         raise ApplyRefused(
             f"the plan deletes {format_size(freed)}, more than safety.max_delete_per_run "

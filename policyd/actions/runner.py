@@ -34,7 +34,6 @@ from sqlalchemy.engine import Connection
 from policyd.actions import acl_posix, removal, transfer  # noqa: F401  (they register their executors)
 from policyd.actions.base import ActionFailed, Executor, Result, Step, executor_class
 from policyd.actions.context import ExecContext
-from policyd.actions.stores import LocalStore
 from policyd.audit import ledger
 from policyd.catalog.schema import actions as actions_table
 from policyd.catalog.schema import experiments, files
@@ -184,17 +183,36 @@ class Runner:
         self._clean_interrupted()
 
     def _clean_interrupted(self) -> None:
-        """Temporary files of copies a crash interrupted (state `running`)."""
+        """Temporary files of copies a crash interrupted (state `running`): this plan's,
+        which then run again, and other plans' too, or a plan that went stale after
+        its crash would leave them for good. None of them is being written: this
+        apply holds the catalog lock."""
         for state in self.states.values():
             if state.state == "running" and state.step.kind == "copy":
-                try:
-                    store: LocalStore = self.ctx.store(state.step.get("target"))
-                except ActionFailed:
-                    continue
-                if store.remove_temp(state.step.get("path"), transfer.copy_tag(state.step)):
-                    log.info("removed what the interrupted %s left", state.step.id)
+                self._remove_temp(state.step)
             if state.state == "running":
                 state.state = "planned"
+        with self.ctx.engine.connect() as conn:
+            others = conn.execute(
+                select(actions_table.c.plan_id, actions_table.c.payload).where(
+                    actions_table.c.state == "running",
+                    actions_table.c.kind == "copy",
+                    actions_table.c.plan_id != self.ctx.plan_id,
+                )
+            ).all()
+        for plan_id, action in others:
+            self._remove_temp(Step(plan_id, action))
+
+    def _remove_temp(self, step: Step) -> None:
+        """Best effort: a copy that runs again writes its temporary file afresh."""
+        try:
+            store = self.ctx.store(step.get("target"))
+            removed = store.remove_temp(step.get("path"), transfer.copy_tag(step))
+        except (ActionFailed, OSError) as exc:
+            log.warning("cannot remove what the interrupted %s left: %s", step.id, exc)
+            return
+        if removed:
+            log.info("removed what the interrupted %s of %s left", step.id, step.plan_id)
 
     # ---- scheduling
 

@@ -75,6 +75,7 @@ class Store(Protocol):
         tag: str,
         *,
         expected_size: int | None,
+        expected_md5: str | None = None,
         mtime_ns: int | None = None,
         mode: int | None = None,
     ) -> Written: ...
@@ -194,12 +195,15 @@ class LocalStore:
         tag: str,
         *,
         expected_size: int | None,
+        expected_md5: str | None = None,
         mtime_ns: int | None = None,
         mode: int | None = None,
     ) -> Written:
         """Write `chunks` to `rel` through a temporary file: hashing overlaps writing
         (a reader thread reads and hashes while this one writes), then fsync, size
-        check, atomic rename, fsync of the folder."""
+        check, atomic rename, fsync of the folder. Bytes whose md5 is not
+        `expected_md5` are never renamed into place: the temporary file goes, whatever
+        was at `rel` stays, and the returned checksum tells the caller."""
         final = self.path(rel, create_dirs=True)
         temp = final.with_name(temp_name(final.name, tag))
         try:
@@ -216,6 +220,9 @@ class LocalStore:
                 raise _write_error(exc, temp) from None
             raise
         os.close(fd)
+        if expected_md5 is not None and written.md5 != expected_md5:
+            temp.unlink(missing_ok=True)
+            return written
         if expected_size is not None and written.size != expected_size:
             temp.unlink(missing_ok=True)
             raise ActionFailed(

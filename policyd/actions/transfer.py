@@ -5,7 +5,9 @@ temporary name beside the target, fsync'd, their size checked, and renamed into 
 (spec/rules.md section 9, invariant 2). Only then, in the catalog transaction, is the
 target recorded: `verified` when the checksum equals the file's md5 (the source is
 then verified too), or, when the md5 was unknown, the checksum becomes it (first read
-wins). A mismatch removes what was written and marks the source `corrupt`.
+wins). A mismatch with a known md5 is caught before the rename: what was written is
+removed, whatever was at the target path stays as it was, and the source is marked
+`corrupt`.
 """
 
 from __future__ import annotations
@@ -57,18 +59,12 @@ class Copy(Executor):
             source.read_chunks(origin.path),
             copy_tag(step),
             expected_size=size,
+            expected_md5=facts.md5,
             mtime_ns=info.st_mtime_ns,
             mode=info.st_mode,
         )
-        if self.ctx.options.paranoid:
-            again = target.checksum(step.get("path"))
-            if again != written:
-                target.remove(step.get("path"))
-                raise ActionFailed(
-                    f"re-read of {target.path(step.get('path'))} differs from what was written"
-                )
         if facts.md5 is not None and written.md5 != facts.md5:
-            target.remove(step.get("path"))
+            # not renamed into place (`expected_md5`): the target is as it was
             return Result(
                 {
                     "mismatch": True,
@@ -78,6 +74,13 @@ class Copy(Executor):
                 },
                 f"checksum mismatch: read {written.md5}, the catalog has {facts.md5}",
             )
+        if self.ctx.options.paranoid:
+            again = target.checksum(step.get("path"))
+            if again != written:
+                target.remove(step.get("path"))
+                raise ActionFailed(
+                    f"re-read of {target.path(step.get('path'))} differs from what was written"
+                )
         return Result(
             {"md5": written.md5, "size": written.size, "mtime": info.st_mtime},
             bytes=written.size,
