@@ -558,7 +558,7 @@ def apply(
     else:
         made = plan_site(site, PlanOptions(time.time()))
         out.print(render_text(made), highlight=False, markup=False)
-        if not made.actions:
+        if not made.has_changes:
             return
         if not yes and not click.confirm("Carry out this plan?", default=False, err=True):
             raise fail("nothing was done")
