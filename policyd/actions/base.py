@@ -74,6 +74,11 @@ class Executor:
     kind: ClassVar[str]
     options: ClassVar[tuple[str, ...]] = ()
     locked: ClassVar[bool] = False
+    #: At most this many actions go to one `execute_batch` call; 1 means one `execute`
+    #: per action. A service that runs many files as one job (a Globus task) takes, in
+    #: one call, the ready actions that use the same `locations` (a batch counts once
+    #: toward the per-location limits).
+    batch: ClassVar[int] = 1
 
     @classmethod
     def handles(cls, schemes: frozenset[str]) -> bool:
@@ -91,6 +96,11 @@ class Executor:
     def execute(self, step: Step) -> Result:
         """The work, in a worker thread, without the catalog (unlocked executors)."""
         raise ActionFailed(f"{self.kind} runs inside the catalog transaction", retryable=False)
+
+    def execute_batch(self, steps: list[Step]) -> list[Result | ActionFailed]:
+        """The work of several actions in one worker thread: an outcome per step, in
+        order (an exception fails them all). For executors with `batch` > 1."""
+        raise ActionFailed(f"{self.kind} does not batch", retryable=False)
 
     def record(self, conn: Connection, step: Step, result: Result) -> None:
         """The catalog change after `execute`, in the runner's transaction."""

@@ -10,7 +10,9 @@ is never redone.
 
 Copies and verifies run in worker threads (`--parallel N`, and at most `parallel` of
 a location's config at once per location); deletes and expires run one at a time in
-the runner's own transaction, under the file's lock. A failure is retried with
+the runner's own transaction, under the file's lock. An executor that batches (Globus,
+whose one task carries many files) gets the ready actions on the same locations in one
+call, in one worker, each action still recorded on its own. A failure is retried with
 exponential backoff and jitter (`retry:` in the site config) and, after `attempts`
 tries, the action is `suspended`: the next plan lists it, and `apply` does not run
 what waits for it.
@@ -31,7 +33,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from policyd.actions import acl_posix, removal, transfer  # noqa: F401  (they register their executors)
+from policyd.actions import acl_posix, globus, removal, transfer  # noqa: F401  (they register their executors)
 from policyd.actions.base import ActionFailed, Executor, Result, Step, executor_class
 from policyd.actions.context import ExecContext
 from policyd.audit import ledger
@@ -255,7 +257,7 @@ class Runner:
             name: loc.parallel for name, loc in self.ctx.config.locations.items() if loc.parallel
         }
         busy: Counter[str] = Counter()
-        running: dict[Future[Result], ActionState] = {}
+        running: dict[Future[list[Result | ActionFailed]], list[ActionState]] = {}
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="policyd-io") as pool:
             while True:
                 now = self.ctx.now()
@@ -277,17 +279,20 @@ class Runner:
                     if executor.locked:
                         self._run_locked(executor, state)
                         continue
-                    self._mark_running(state)
+                    group = self._batch(executor, state, pending, now)
+                    for member in group:
+                        self._mark_running(member)
                     busy.update(used)
-                    running[pool.submit(executor.execute, state.step)] = state
+                    running[pool.submit(_execute, executor, [m.step for m in group])] = group
                 if running:
                     done, _ = wait(
                         list(running), timeout=self._wait_time(now), return_when=FIRST_COMPLETED
                     )
                     for future in done:
-                        state = running.pop(future)
-                        busy.subtract(self.executor(state.step).locations(state.step))
-                        self._complete(state, future)
+                        group = running.pop(future)
+                        busy.subtract(self.executor(group[0].step).locations(group[0].step))
+                        for index, state in enumerate(group):
+                            self._complete(state, future, index)
                 elif not any(self._ready(s, self.ctx.now()) for s in self.states.values()):
                     time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
         return self.report
@@ -333,9 +338,32 @@ class Runner:
             return
         self._after_done(state, result)
 
-    def _complete(self, state: ActionState, future: Future[Result]) -> None:
+    def _batch(
+        self, executor: Executor, state: ActionState, pending: list[ActionState], now: float
+    ) -> list[ActionState]:
+        """`state`, and for an executor that batches, the other ready actions of its kind
+        on the same locations (so the same executor), up to `executor.batch`."""
+        group = [state]
+        used = executor.locations(state.step)
+        for other in pending:
+            if len(group) >= executor.batch:
+                break
+            if (
+                other is not state
+                and other.step.kind == state.step.kind
+                and self._ready(other, now)
+                and executor.locations(other.step) == used
+            ):
+                group.append(other)
+        return group
+
+    def _complete(
+        self, state: ActionState, future: Future[list[Result | ActionFailed]], index: int
+    ) -> None:
         try:
-            result = future.result()
+            result = future.result()[index]
+            if isinstance(result, ActionFailed):
+                raise result
             problem = transfer.mismatch_error(result)
             with self.ctx.engine.begin() as conn:
                 scope = _scope(conn, state.step)
@@ -399,6 +427,13 @@ class Runner:
             self.report.problems.append(f"{message} [{label}]")
         if self.progress is not None:
             self.progress(label, state.step, None)
+
+
+def _execute(executor: Executor, steps: list[Step]) -> list[Result | ActionFailed]:
+    """One action's work, or a batch's: an outcome per action."""
+    if executor.batch > 1:
+        return executor.execute_batch(steps)
+    return [executor.execute(steps[0])]
 
 
 def _scope(conn: Connection, step: Step) -> tuple[int | None, int | None]:

@@ -360,11 +360,26 @@ class Location(_Section):
     capacity: Size | None = None
     parallel: StrictInt | None = Field(default=None, ge=1)
     ssh_key: ConfigPath | None = None
+    # The same folder as a Globus collection sees it, so Globus can copy between this
+    # location and globus:// ones (policyd/actions/globus.py).
+    globus: str | None = None
 
     @field_validator("url")
     @classmethod
     def _resolve_url(cls, value: str, info: ValidationInfo) -> str:
         return resolve_location_url(value, _root(info))
+
+    @field_validator("globus")
+    @classmethod
+    def _check_globus(cls, value: str | None) -> str | None:
+        if value is not None and (
+            urlsplit(value).scheme.lower() != "globus" or not urlsplit(value).netloc
+        ):
+            raise ValueError(
+                f"{value!r}: write the Globus collection that serves this folder as "
+                "globus://COLLECTION-UUID/PATH"
+            )
+        return value
 
     @property
     def scheme(self) -> str:

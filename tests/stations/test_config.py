@@ -380,7 +380,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         """,
         [
             "{f}:3:31: error: unknown key 'capcity' in locations.voyager; "
-            "expected one of: capacity, parallel, site, ssh_key, tier, url"
+            "expected one of: capacity, globus, parallel, site, ssh_key, tier, url"
         ],
     ),
     (
