@@ -4,13 +4,16 @@ Config and rule files are written by hand and reviewed in git, so a mistake in o
 must be reported at its line and column, like a compiler error, and every mistake in
 the file at once rather than one per run. This module is the one place that reads
 YAML for policyd: it parses with ruamel.yaml's round-trip loader (which keeps the
-position of every key and value) as YAML 1.2 (so `on:` and `no:` stay text), runs
-pydantic validation on the result, and turns each pydantic error into a
-`Diagnostic` pointing into the file. It knows nothing about what the files mean.
+position of every key and value) as YAML 1.2 (so `on:` and `no:` stay text), or, for
+the plain YAML most files are written in, with a quicker reader that builds the same
+tree (see "the quick reader" below); it runs pydantic validation on the result, and
+turns each pydantic error into a `Diagnostic` pointing into the file. It knows nothing
+about what the files mean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import re
@@ -26,6 +29,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.scanner import Scanner
 
 from policyd.diagnostics import Diagnostic, DiagnosticError, Span
 
@@ -71,11 +76,402 @@ def _syntax_diagnostic(exc: YAMLError, file: str) -> Diagnostic:
     return Diagnostic("yaml-syntax", f"invalid YAML: {problem}", span, hint=hint)
 
 
+# ---------------------------------------------------------------------------
+# the quick reader
+#
+# ruamel's pure-Python scanner spends about a millisecond per rule of a large rule
+# file, most of it gathering comments that nothing reads back, and its C scanner is
+# YAML 1.1. Files written by hand use a small part of YAML: block mappings and lists,
+# one-line plain and quoted scalars, flow lists and mappings. The quick reader reads
+# exactly that part and builds the tree ruamel's round-trip loader builds (CommentedMap
+# and CommentedSeq with the same line and column for every key, value and item, and
+# the same scalars, made by ruamel's own resolver and constructor). It gives up on
+# anything else (anchors, tags, block and multi-line scalars, directives, tabs,
+# duplicate keys, any mistake), and ruamel then reads the text: what it accepts, how
+# it reads it and how it words an error stay ruamel's. Comments are not kept; nothing
+# reads them from a loaded tree.
+
+
+class _NotQuick(Exception):
+    """The text uses YAML the quick reader leaves to ruamel (or is not valid YAML)."""
+
+
+# Text that ruamel reads as a plain reading does: no tab, no CR or other line break
+# than LF, no byte-order mark, nothing the YAML reader rejects.
+_QUICK_TEXT = re.compile(
+    "[\n -~\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]*"
+)
+# A block mapping key: a plain scalar with no `:`, `#`, comma or bracket (a key with
+# one is left to ruamel), then `:` and a space or the end of the line.
+_BLOCK_KEY = re.compile(
+    r"([^\s\-?:,\[\]{}#&*!|>'\"%@`][^\s:,\[\]{}#]*(?: +[^\s:,\[\]{}#]+)*):(?= |$)"
+)
+# A plain scalar in a flow collection, which a comma, a bracket or `: ` ends; a `:`
+# followed by more of the word is text to ruamel, as in `[user:bob]`.
+_FLOW_WORD = r"(?:[^\s:,\[\]{}#]|:(?=[^\s:,\[\]{}#]))*"
+_FLOW_PLAIN = re.compile(
+    rf"(?:[^\s\-?:,\[\]{{}}#&*!|>'\"%@`]|-(?=[^\s:,\[\]{{}}#])){_FLOW_WORD}"
+    rf"(?: +[^\s:,\[\]{{}}#]{_FLOW_WORD})*"
+)
+_PLAIN_FIRST_NOT = frozenset("?:,[]{}#&*!|>'\"%@`")  # indicators a plain scalar cannot start with
+_SIMPLE_KEY_MAX = 1000  # ruamel rejects a key longer than 1024 characters
+_MAX_DEPTH = 100  # deeper nesting is left to ruamel (and its recursion limit)
+_CONSTRUCTED_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "timestamp")
+)
+_STR_TAG = "tag:yaml.org,2002:str"
+_ESCAPES = Scanner.ESCAPE_REPLACEMENTS
+_ESCAPE_CODES = Scanner.ESCAPE_CODES
+_HEX = frozenset("0123456789abcdefABCDEF")
+_DOUBLE_QUOTED_STOP = re.compile(r'["\\]')
+
+
+def _is_entry(line: str, col: int) -> bool:
+    """A block list entry (`- ` or a lone `-`) starts at `col`."""
+    return line.startswith("-", col) and (len(line) == col + 1 or line[col + 1] == " ")
+
+
+def _rest_is_blank(line: str, at: int) -> bool:
+    """Only spaces, or spaces and a comment, follow `at` on the line."""
+    rest = line[at:]
+    body = rest.lstrip(" ")
+    return not body or (body[0] == "#" and len(body) < len(rest))
+
+
+class _QuickReader:
+    """One pass over a text's lines that builds ruamel's round-trip tree or gives up.
+
+    Lines and columns are 0-based, as ruamel keeps them in `.lc`. A "row" is a line
+    index; `len(self.lines)` stands for the end of the text.
+    """
+
+    def __init__(self, text: str) -> None:
+        text = text.replace("\r\n", "\n")  # one line break to ruamel, as to us
+        if not _QUICK_TEXT.fullmatch(text):
+            raise _NotQuick
+        self.lines = text.split("\n")
+        self.stop = len(self.lines)
+        # Per line, the column of its first character (-1: a blank or comment line, or
+        # the `---` that may open the document), and per row the first line from there
+        # on that has content.
+        self.indent: list[int] = []
+        started = False
+        for line in self.lines:
+            body = line.lstrip(" ")
+            if not body or body[0] == "#":
+                self.indent.append(-1)
+                continue
+            marker = line[:3] in ("---", "...") and line[3:4] in ("", " ")
+            if not started and line.rstrip(" ") == "---":
+                self.indent.append(-1)
+            elif line[0] == "%" or marker:
+                raise _NotQuick  # a directive, another document, or `--- value`
+            else:
+                self.indent.append(len(line) - len(body))
+            started = True
+        self.next_row = [self.stop] * (self.stop + 1)
+        for row in range(self.stop - 1, -1, -1):
+            self.next_row[row] = row if self.indent[row] >= 0 else self.next_row[row + 1]
+        self.yaml = _yaml()
+        self.resolver = self.yaml.resolver
+        first_chars = self.resolver.versioned_resolver
+        if None in first_chars:
+            raise _NotQuick  # a resolver for any first character: ask it about every scalar
+        self.resolved_first = frozenset(first_chars)
+        self.tags: dict[str, Any] = {}  # plain text -> its tag: the same words come back
+        self.depth = 0
+
+    def document(self) -> Any:
+        row = self.next_row[0]
+        if row == self.stop:
+            raise _NotQuick  # an empty document: ruamel is quick enough for it
+        node, row = self.block(row)
+        if row != self.stop:
+            raise _NotQuick  # something after the top-level node
+        return node
+
+    def mark(self, row: int) -> list[int]:
+        """Where ruamel places the token that starts content line `row` (or the end)."""
+        if row == self.stop:
+            return [self.stop - 1, len(self.lines[-1])]
+        return [row, self.indent[row]]
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise _NotQuick
+
+    # -- block collections
+
+    def block(self, row: int) -> tuple[Any, int]:
+        """The block mapping or list that starts content line `row`, and the next row."""
+        col = self.indent[row]
+        if _is_entry(self.lines[row], col):
+            return self.sequence(row, col, indentless=False)
+        return self.mapping(row, col)
+
+    def below(self, row: int, col: int) -> tuple[Any, list[int], int]:
+        """The value of a key (or list entry) at `col` that ends its line `row`.
+
+        A block collection on the lines below, or None. ruamel places an empty value at
+        the next token, which for a key is where the next content line starts.
+        """
+        following = self.next_row[row + 1]
+        if following < self.stop and self.indent[following] > col:
+            node, after = self.block(following)
+            return node, self.mark(following), after
+        return None, self.mark(following), following
+
+    def mapping(self, row: int, col: int) -> tuple[CommentedMap, int]:
+        """The block mapping whose first key is at (row, col), and the next content row."""
+        self.enter()
+        node = CommentedMap()
+        lines_cols = node.lc
+        lines_cols.line, lines_cols.col = row, col
+        while True:
+            line = self.lines[row]
+            found = _BLOCK_KEY.match(line, col)
+            if found is None or found.end() - col > _SIMPLE_KEY_MAX:
+                raise _NotQuick
+            key = self.plain(found.group(1))
+            if key in node:
+                raise _NotQuick  # ruamel words the duplicate-key error
+            colon = found.end()
+            start = len(line) - len(line[colon:].lstrip(" "))
+            if start < len(line) and line[start] != "#":
+                value, value_at, last = self.inline(row, start)
+                after = self.next_row[last + 1]
+                if after < self.stop and self.indent[after] > col:
+                    raise _NotQuick  # a multi-line scalar, or a mistake
+            else:
+                following = self.next_row[row + 1]
+                if (
+                    following < self.stop
+                    and self.indent[following] == col
+                    and _is_entry(self.lines[following], col)
+                ):  # an indentless list
+                    value, after = self.sequence(following, col, indentless=True)
+                    value_at = self.mark(following)
+                else:
+                    value, value_at, after = self.below(row, col)
+                if (
+                    value is None
+                    and start < len(line)
+                    and after < self.stop
+                    and self.indent[after] == col
+                ):
+                    # A comment after the `:` stays with it when the next key follows,
+                    # and ruamel then places the empty value just after the `:`.
+                    value_at = [row, colon]
+            lines_cols.add_kv_line_col(key, [row, col, *value_at])
+            node[key] = value
+            if after == self.stop or self.indent[after] < col:
+                break
+            if self.indent[after] > col:
+                raise _NotQuick
+            row = after
+        node.fa.set_block_style()
+        self.depth -= 1
+        return node, after
+
+    def sequence(self, row: int, col: int, *, indentless: bool) -> tuple[CommentedSeq, int]:
+        """The block list whose first `-` is at (row, col), and the next content row.
+
+        An indentless list (a key's value, its `-` under the key) ends at the next key;
+        any other list ends where a line starts left of its `-`.
+        """
+        self.enter()
+        node = CommentedSeq()
+        lines_cols = node.lc
+        lines_cols.line, lines_cols.col = row, col
+        items: list[Any] = []
+        while True:
+            line = self.lines[row]
+            start = len(line) - len(line[col + 1 :].lstrip(" "))
+            if start == len(line) or line[start] == "#":
+                value, value_at, after = self.below(row, col)
+                if value is None:
+                    value_at = [row, col + 1]  # ruamel: just after the `-`
+            elif _is_entry(line, start):
+                raise _NotQuick  # `- - x`
+            elif _BLOCK_KEY.match(line, start):
+                value, after = self.mapping(row, start)
+                value_at = [row, start]
+            else:
+                value, value_at, last = self.inline(row, start)
+                after = self.next_row[last + 1]
+                if after < self.stop and self.indent[after] > col:
+                    raise _NotQuick
+            lines_cols.add_idx_line_col(len(items), value_at)
+            items.append(value)
+            if after == self.stop or self.indent[after] < col:
+                break
+            if self.indent[after] > col:
+                raise _NotQuick
+            if not _is_entry(self.lines[after], col):
+                if indentless:
+                    break
+                raise _NotQuick
+            row = after
+        node.extend(items)  # as ruamel does: `append` would shift comments one at a time
+        node.fa.set_block_style()
+        self.depth -= 1
+        return node, after
+
+    # -- values on one line (a flow collection may go on over several)
+
+    def inline(self, row: int, start: int) -> tuple[Any, list[int], int]:
+        """The value that starts at (row, start), where it is and the row it ends on."""
+        line = self.lines[row]
+        first = line[start]
+        last = row
+        if first in "'\"":
+            value, end = self.quoted(line, start)
+        elif first in "[{":
+            value, last, end = self.flow(row, start)
+            line = self.lines[last]
+        elif first in _PLAIN_FIRST_NOT or _is_entry(line, start):
+            raise _NotQuick
+        else:
+            text = line[start:]
+            cut = text.find(" #")
+            text = (text if cut < 0 else text[:cut]).rstrip(" ")
+            if ": " in text or text.endswith(":"):
+                raise _NotQuick  # a mapping where YAML allows none
+            return self.plain(text), [row, start], row
+        if not _rest_is_blank(line, end):
+            raise _NotQuick
+        return value, [row, start], last
+
+    def plain(self, text: str) -> Any:
+        """A plain scalar's value under YAML 1.2, as ruamel's round-trip loader makes it."""
+        if text[0] not in self.resolved_first:
+            return text
+        tag = self.tags.get(text)
+        if tag is None:
+            tag = self.tags[text] = self.resolver.resolve(ScalarNode, text, (True, False))
+        if tag == _STR_TAG:
+            return text
+        if str(tag) not in _CONSTRUCTED_TAGS:
+            raise _NotQuick  # `<<` merges, `=`: for ruamel
+        try:
+            return self.yaml.constructor.construct_object(ScalarNode(tag, text, None, None))
+        except Exception as exc:  # an impossible date, say: ruamel reports it
+            raise _NotQuick from exc
+
+    def quoted(self, line: str, start: int) -> tuple[str, int]:
+        """A quoted scalar that closes on its line: its value and the column past it."""
+        chunks: list[str] = []
+        at = start + 1
+        if line[start] == "'":
+            while True:  # `''` is a quote; nothing else is special
+                close = line.find("'", at)
+                if close < 0:
+                    raise _NotQuick
+                chunks.append(line[at:close])
+                if not line.startswith("''", close):
+                    return "".join(chunks), close + 1
+                chunks.append("'")
+                at = close + 2
+        while True:
+            found = _DOUBLE_QUOTED_STOP.search(line, at)
+            if found is None:
+                raise _NotQuick
+            chunks.append(line[at : found.start()])
+            if found.group() == '"':
+                return "".join(chunks), found.end()
+            code = line[found.end() : found.end() + 1]
+            at = found.end() + 1
+            if code in _ESCAPES:
+                chunks.append(_ESCAPES[code])
+            elif code in _ESCAPE_CODES:
+                digits = line[at : at + _ESCAPE_CODES[code]]
+                if len(digits) != _ESCAPE_CODES[code] or not set(digits) <= _HEX:
+                    raise _NotQuick
+                chunks.append(chr(int(digits, 16)))
+                at += len(digits)
+            else:
+                raise _NotQuick  # an escaped line break, or no escape at all
+
+    def flow(self, row: int, start: int) -> tuple[Any, int, int]:
+        """The flow list or mapping that opens at (row, start), and the (row, column) past it.
+
+        It may go on over several lines: in flow context ruamel ignores indentation.
+        """
+        self.enter()
+        line = self.lines[row]
+        mapping = line[start] == "{"
+        node: Any = CommentedMap() if mapping else CommentedSeq()
+        lines_cols = node.lc
+        lines_cols.line, lines_cols.col = row, start
+        items: list[Any] = []
+        close = "}" if mapping else "]"
+        row, at = self.flow_space(row, start + 1)
+        while self.lines[row][at] != close:
+            line = self.lines[row]
+            if mapping:
+                found = _FLOW_PLAIN.match(line, at)
+                if found is None or not line.startswith(": ", found.end()):
+                    raise _NotQuick  # `{a}`, `{a : b}`, `{'a': b}`, a key over two lines...
+                key = self.plain(found.group(0))
+                if key in node:
+                    raise _NotQuick
+                value_row, start = self.flow_space(row, found.end() + 1)
+                lines_cols.add_kv_line_col(key, [row, at, value_row, start])
+                value, row, end = self.flow_node(value_row, start)
+                node[key] = value
+            else:
+                lines_cols.add_idx_line_col(len(items), [row, at])
+                value, row, end = self.flow_node(row, at)
+                items.append(value)
+            row, at = self.flow_space(row, end)
+            if self.lines[row][at] == ",":
+                row, at = self.flow_space(row, at + 1)
+            elif self.lines[row][at] != close:
+                raise _NotQuick  # `[a: b]`, `[a b\n c]`...
+        if items:  # a list's items (a mapping's went in one by one)
+            node.extend(items)
+        if node:
+            node.fa.set_flow_style()
+        self.depth -= 1
+        return node, row, at + 1
+
+    def flow_node(self, row: int, start: int) -> tuple[Any, int, int]:
+        """A scalar or collection in a flow collection, and the (row, column) past it."""
+        line = self.lines[row]
+        first = line[start]
+        if first in "'\"":
+            value, end = self.quoted(line, start)
+            return value, row, end
+        if first in "[{":
+            return self.flow(row, start)
+        found = _FLOW_PLAIN.match(line, start)
+        if found is None:
+            raise _NotQuick  # `[,]`, `{a: }`, an alias, a tag...
+        return self.plain(found.group(0)), row, found.end()
+
+    def flow_space(self, row: int, at: int) -> tuple[int, int]:
+        """The next character in a flow collection, past spaces, comments and line breaks."""
+        line = self.lines[row]
+        while True:
+            body = line[at:].lstrip(" ")
+            if body and body[0] != "#":
+                return row, len(line) - len(body)
+            if body and len(body) == len(line) - at and at > 0 and line[at - 1] != " ":
+                raise _NotQuick  # `[a,#b]`: ruamel reads a comment there, YAML does not
+            row += 1
+            if row == self.stop:
+                raise _NotQuick  # never closed
+            line, at = self.lines[row], 0
+
+
 def parse_yaml(text: str, file: str | Path) -> Any:
     """Parse one YAML document; every mapping and list in it knows its position.
 
     Raises DiagnosticError (`yaml-syntax`, `duplicate-key`) with the place of the error.
     """
+    with contextlib.suppress(_NotQuick):
+        return _QuickReader(text).document()
     try:
         return _yaml().load(text)
     except YAMLError as exc:

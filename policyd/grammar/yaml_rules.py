@@ -36,9 +36,8 @@ import contextlib
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
@@ -91,9 +90,11 @@ class _Skip(Exception):
     """A value could not be read; its diagnostic is already recorded."""
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """One value of the tree and where it is: a mapping value or a list item."""
+class _Entry(NamedTuple):
+    """One value of the tree and where it is: a mapping value or a list item.
+
+    (A NamedTuple, not a frozen dataclass: the reader makes one per key and item.)
+    """
 
     key: str  # how messages name it: the key, or `notify[1]` for a list item
     value: Any
@@ -101,8 +102,7 @@ class _Entry:
     span: Span  # where the value starts
 
 
-@dataclass(frozen=True)
-class _Text:
+class _Text(NamedTuple):
     """A scalar's value as text, with the source offsets of each of its characters.
 
     `starts[i]`/`ends[i]` are the offsets in the file of the source characters that
@@ -117,17 +117,26 @@ class _Text:
 
 
 class _Source:
-    """The file's text, with line starts counted the way ruamel counts lines."""
+    """The file's text, with line starts counted the way ruamel counts lines.
+
+    The reader asks about most scalars twice (to read the value, then to find where
+    its statement ends), so spans and alignments are kept once made.
+    """
 
     def __init__(self, text: str, file: str) -> None:
         self.text = text
         self.file = file
         self.line_starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+        self._spans: dict[tuple[int, int], Span] = {}
+        self._aligned: dict[tuple[str, int], _Text] = {}
 
     def offset(self, line: int, col: int) -> int:
         """The offset of a 1-based line and column, clamped to the text."""
-        index = min(max(line, 1), len(self.line_starts)) - 1
-        return min(self.line_starts[index] + max(col, 1) - 1, len(self.text))
+        starts = self.line_starts
+        if 0 < line <= len(starts) and col > 0:
+            return min(starts[line - 1] + col - 1, len(self.text))
+        index = min(max(line, 1), len(starts)) - 1
+        return min(starts[index] + max(col, 1) - 1, len(self.text))
 
     def position(self, offset: int) -> tuple[int, int]:
         """The 1-based line and column of an offset."""
@@ -135,14 +144,31 @@ class _Source:
         return index + 1, offset - self.line_starts[index] + 1
 
     def span(self, start: int, end: int) -> Span:
-        line, col = self.position(start)
-        end_line, end_col = self.position(max(end, start))
-        return Span(self.file, line, col, end_line, end_col)
+        made = self._spans.get((start, end))
+        if made is None:
+            line, col = self.position(start)
+            end_line, end_col = self.position(end) if end > start else (line, col)
+            made = self._spans[start, end] = Span(self.file, line, col, end_line, end_col)
+        return made
+
+    def at(self, line0: int, col0: int) -> Span:
+        """The empty Span at one of ruamel's 0-based positions, clamped to the text."""
+        starts = self.line_starts
+        if 0 <= line0 < len(starts) - 1 and 0 <= col0 < starts[line0 + 1] - starts[line0]:
+            return Span(self.file, line0 + 1, col0 + 1, line0 + 1, col0 + 1)  # on its line
+        offset = self.offset(line0 + 1, col0 + 1)
+        return self.span(offset, offset)
 
     # -- where a scalar's characters are
 
     def align(self, value: str, begin: int) -> _Text:
         """Find each character of `value` in the source, from the scalar's first offset."""
+        made = self._aligned.get((value, begin))
+        if made is None:
+            made = self._aligned[value, begin] = self._align(value, begin)
+        return made
+
+    def _align(self, value: str, begin: int) -> _Text:
         src = self.text
         n = len(src)
         style = src[begin] if begin < n and src[begin] in "'\"|>" else ""
@@ -150,6 +176,16 @@ class _Source:
         if style in ("|", ">"):  # the content starts on the line after the header
             found = _LINE_BREAK.search(src, begin)
             p = found.end() if found else n
+        elif (
+            src.startswith(value, p)
+            and not (style == '"' and "\\" in value)
+            and not (style == "'" and "'" in value)
+        ):
+            # Most scalars are their source character for character; the loop below
+            # would find that too, a character at a time.
+            stop = p + len(value)
+            end = stop + 1 if style and stop < n and src[stop] == style else stop
+            return _Text(value, tuple(range(p, stop)), tuple(range(p + 1, stop + 1)), begin, end)
         starts: list[int] = []
         ends: list[int] = []
         i = 0
@@ -245,45 +281,64 @@ class _Reader:
         self.src = source
         self.file = source.file
         self.diagnostics: list[Diagnostic] = []
+        # id -> (the mapping or list, what else its entries depend on, the entries)
+        self._entries: dict[int, tuple[CommentedMap, Span, list[_Entry]]] = {}
+        self._items: dict[int, tuple[list[Any], tuple[str, Span], list[_Entry]]] = {}
 
     def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, hint=hint))
 
     # -- positions
 
-    def _at(self, line0: int, col0: int) -> Span:
-        offset = self.src.offset(line0 + 1, col0 + 1)
-        return self.src.span(offset, offset)
-
     def _node_span(self, node: Any, fallback: Span) -> Span:
         if isinstance(node, CommentedMap | CommentedSeq) and node.lc.line is not None:
-            return self._at(node.lc.line, node.lc.col or 0)
+            return self.src.at(node.lc.line, node.lc.col or 0)
         return fallback
 
-    def entries(self, mapping: CommentedMap, fallback: Span) -> Iterator[_Entry]:
-        """Each key of a mapping with its value and positions (unknown ones: the parent's)."""
+    def entries(self, mapping: CommentedMap, fallback: Span) -> list[_Entry]:
+        """Each key of a mapping with its value and positions (unknown ones: the parent's).
+
+        Made once per mapping: reading a statement, checking its keys and finding its
+        span each go through them again.
+        """
+        made = self._entries.get(id(mapping))
+        if made is not None and made[0] is mapping and made[1] == fallback:
+            return made[2]
+        out = []
+        positions = mapping.lc.data or {}
         for key, value in mapping.items():
-            key_span = span = self._node_span(mapping, fallback)
             try:
-                k_line, k_col, v_line, v_col = mapping.lc.data[key]
-                key_span = self._at(k_line, k_col)
-                span = key_span if value is None and v_line > k_line else self._at(v_line, v_col)
+                k_line, k_col, v_line, v_col = positions[key]
             except (KeyError, TypeError, ValueError):
-                pass  # a key merged in with `<<:` has no position of its own
+                # A key merged in with `<<:` has no position of its own.
+                key_span = span = self._node_span(mapping, fallback)
+            else:
+                key_span = self.src.at(k_line, k_col)
+                empty = value is None and v_line > k_line  # `key:` alone: the key is its place
+                span = key_span if empty else self.src.at(v_line, v_col)
             name = "true" if key is True else "false" if key is False else str(key)
-            yield _Entry(name, value, key_span, span)
+            out.append(_Entry(name, value, key_span, span))
+        self._entries[id(mapping)] = (mapping, fallback, out)
+        return out
 
     def items(self, entry: _Entry) -> list[_Entry]:
-        """The items of a list value; a single value stands for a list of one."""
+        """The items of a list value; a single value stands for a list of one.
+
+        Made once per list, as `entries` are per mapping.
+        """
         if not isinstance(entry.value, list):
             return [entry]
+        made = self._items.get(id(entry.value))
+        if made is not None and made[0] is entry.value and made[1] == (entry.key, entry.span):
+            return made[2]
         out = []
         for index, value in enumerate(entry.value):
             span = entry.span
             with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
                 line, col = entry.value.lc.data[index]  # where ruamel saw the item
-                span = self._at(line, col)
+                span = self.src.at(line, col)
             out.append(_Entry(f"{entry.key}[{index}]", value, span, span))
+        self._items[id(entry.value)] = (entry.value, (entry.key, entry.span), out)
         return out
 
     def mapping(
