@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Final
 
 from policyd.diagnostics import Diagnostic, Severity, Span
@@ -68,6 +69,11 @@ class RuleFile:
     @property
     def is_yaml(self) -> bool:
         return self.path.lower().endswith((".yaml", ".yml"))
+
+    @cached_property
+    def lines(self) -> list[str]:
+        """The text's lines, split once (passes look up a line per template)."""
+        return self.text.splitlines()
 
 
 @dataclass(frozen=True)
@@ -442,7 +448,7 @@ def _quote_width(rule_file: RuleFile, span: Span) -> int:
     """1 when the template is written in quotes at `span` (always in the DSL), else 0."""
     if not rule_file.is_yaml:
         return 1
-    lines = rule_file.text.splitlines()
+    lines = rule_file.lines
     if 0 < span.line <= len(lines):
         line = lines[span.line - 1]
         if 0 < span.col <= len(line) and line[span.col - 1] in "'\"":
