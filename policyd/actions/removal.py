@@ -20,9 +20,10 @@ from sqlalchemy.engine import Connection
 
 from policyd.actions import catalog_ops as cat
 from policyd.actions.base import ActionFailed, Executor, Result, Step, refused, register
-from policyd.catalog.schema import experiments, files, replicas
+from policyd.catalog.schema import experiments, files, notices, replicas
 from policyd.rules.pyeval import ReplicaView
 from policyd.rules.sqlgen import Sources, row_columns
+from policyd.units import format_duration
 
 
 def rule_row(
@@ -54,6 +55,32 @@ def _still_there(ctx: Any, replica: cat.ReplicaFacts) -> bool:
     return size is not None and (replica.size is None or size == replica.size)
 
 
+def notice_wait(conn: Connection, ctx: Any, step: Step, experiment_id: int) -> str | None:
+    """Why a delete by a rule with `notify CH before D` must still wait: its notice was
+    not sent, or is not D old yet (the plan said so when it was made; this holds it
+    when it runs)."""
+    rule = next((r for r in ctx.rules if r.name == step.get("rule")), None)
+    notify = (
+        next((s.notify for s in rule.statements if getattr(s, "notify", None) is not None), None)
+        if rule is not None
+        else None
+    )
+    if notify is None:
+        return None
+    sent = conn.execute(
+        select(notices.c.sent_at).where(
+            notices.c.rule == rule.name,
+            notices.c.experiment_id == experiment_id,
+            notices.c.channel == notify.channel,
+        )
+    ).scalar()
+    if sent is None:
+        return f"the notice to {notify.channel} was never sent"
+    if sent > ctx.now() - notify.before:
+        return f"the notice to {notify.channel} is not {format_duration(notify.before)} old yet"
+    return None
+
+
 @register
 class Delete(Executor):
     kind = "delete"
@@ -76,6 +103,9 @@ class Delete(Executor):
         protector = ctx.protected_by(rule_row(conn, facts.id, reps, ctx))
         if protector is not None:
             raise refused(f"protected by rule {protector}")
+        waiting = notice_wait(conn, ctx, step, facts.experiment_id)
+        if waiting is not None:
+            raise refused(waiting)
         grace = float(ctx.config.safety.release_grace or 0.0)
         others = [
             r
@@ -120,6 +150,9 @@ class Expire(Executor):
         protector = ctx.protected_by(rule_row(conn, facts.id, reps, ctx))
         if protector is not None:
             raise refused(f"protected by rule {protector}")
+        waiting = notice_wait(conn, ctx, step, facts.experiment_id)
+        if waiting is not None:
+            raise refused(waiting)
         remote = [
             n
             for n in reps

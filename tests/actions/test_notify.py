@@ -35,7 +35,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from policyd.actions.apply import apply_plan, load_plan
 from policyd.actions.context import ApplyOptions
@@ -608,8 +608,19 @@ def test_notice_first_then_the_deletes_after_seven_days(site: Site) -> None:
     site.apply(waiting)
     assert len(site.hooks.received) == 1
 
-    # eight days on, the deletes go through
-    later, plan = site.plan("p3.json", at=start + timedelta(days=8))
+    # a plan made as of eight days on does not make the deletes run early: apply runs
+    # now, and each delete re-checks its notice when it runs
+    early, plan = site.plan("p3.json", at=start + timedelta(days=8))
+    assert [(a["kind"], a["target"]) for a in plan["actions"]] == [("delete", "daq-8idi")] * 2
+    held = cli("apply", early)
+    assert held.exit_code == 1
+    assert "the notice to hook is not 7 days old yet [refused]" in held.output
+    assert (site.root / "storage" / "daq-8idi" / "8IDI" / "Smith" / "a.h5").exists()
+
+    # eight days on (the notice's time moved back as the clock would have), they go through
+    with site.engine.begin() as conn:
+        conn.execute(update(notices).values(sent_at=notices.c.sent_at - 8 * 86400))
+    later, plan = site.plan("p4.json")
     assert [(a["kind"], a["target"]) for a in plan["actions"]] == [("delete", "daq-8idi")] * 2
     site.apply(later)
     left = {k[1:] for k in catalog_replicas(site.engine)}
