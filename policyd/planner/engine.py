@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, true
 from sqlalchemy.engine import Connection
 
+from policyd.catalog.schema import actions as actions_table
 from policyd.catalog.schema import (
     alarm_states,
     experiments,
@@ -42,7 +43,7 @@ from policyd.catalog.schema import (
 from policyd.grammar import ast
 from policyd.planner.fingerprint import catalog_fingerprint
 from policyd.planner.layout import DEFAULT_LAYOUT, NO_STATION_LAYOUT, Template, TemplateError
-from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, iso
+from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, Suspended, iso
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
 from policyd.rules.pyeval import Evaluator, ReplicaView, Row, compile_python
@@ -747,6 +748,7 @@ class Planner:
         self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
         self.prepare()
         with self.engine.connect() as conn:
+            self.plan.suspended = suspended_actions(conn)
             self.file_pass(conn)
             self.threshold_pass(conn)
             self.verify_pass(conn)
@@ -1027,6 +1029,36 @@ def _replica_bytes(replica: Replica, row: Row) -> int:
 def _ordered_ids(ids: Iterable[str]) -> tuple[str, ...]:
     """Action ids without repeats, in plan order."""
     return tuple(sorted(set(ids), key=lambda a: int(a[1:])))
+
+
+def suspended_actions(conn: Connection) -> list[Suspended]:
+    """Actions earlier applies suspended, unless a later action on the same file and
+    location of the same kind has been done since (oldest first)."""
+    t = actions_table
+    rows = conn.execute(
+        select(
+            t.c.kind,
+            t.c.rule,
+            t.c.experiment,
+            t.c.file,
+            t.c.target,
+            t.c.attempts,
+            t.c.last_error,
+            t.c.plan_id,
+            t.c.state,
+            t.c.updated_at,
+        )
+        .where(t.c.state.in_(("suspended", "done")))
+        .order_by(t.c.updated_at, t.c.id)
+    ).all()
+    latest: dict[tuple[str, str | None, str | None, str | None], Suspended | None] = {}
+    for kind, rule, experiment, file, target, attempts, error, plan_id, state, _ in rows:
+        key = (kind, experiment, file, target)
+        if state == "done":
+            latest[key] = None
+        else:
+            latest[key] = Suspended(kind, rule, experiment, file, target, attempts, error, plan_id)
+    return [item for item in latest.values() if item is not None]
 
 
 def _principals(s: model.Grant, row: Row) -> list[str]:

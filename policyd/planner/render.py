@@ -93,7 +93,17 @@ def render_text(plan: Plan, per_rule: int = 20) -> str:
             lines.append(f"  error {error.rule} {where}: {error.message}")
         if len(plan.errors) > per_rule:
             lines.append(f"  ... and {len(plan.errors) - per_rule} more")
-    if plan.alarms or plan.notices or plan.blocked or plan.errors:
+    if plan.suspended:
+        lines.append(f"suspended by earlier applies ({len(plan.suspended)}):")
+        for item in plan.suspended[:per_rule]:
+            where = f"{item.experiment}:{item.file}" if item.file else item.experiment or ""
+            lines.append(
+                f"  ? {item.kind} {where} on {item.target} ({item.rule}, {item.attempts} "
+                f"attempts, {item.plan_id}): {item.error}"
+            )
+        if len(plan.suspended) > per_rule:
+            lines.append(f"  ... and {len(plan.suspended) - per_rule} more")
+    if plan.alarms or plan.notices or plan.blocked or plan.errors or plan.suspended:
         lines.append("")
     lines.append(
         summary_line(plan) if plan.has_changes or plan.blocked or plan.errors else "No changes."

@@ -69,6 +69,17 @@ class PlanErrorEntry(_Strict):
     message: str
 
 
+class PlanSuspended(_Strict):
+    kind: str
+    rule: str | None
+    experiment: str | None
+    file: str | None
+    target: str | None
+    attempts: int
+    error: str | None
+    plan_id: str
+
+
 class PlanSummary(_Strict):
     copy_: int = Field(alias="copy")
     verify: int
@@ -95,6 +106,7 @@ class PlanFile(_Strict):
     notices: list[PlanNotice]
     blocked: list[PlanBlocked]
     errors: list[PlanErrorEntry]
+    suspended: list[PlanSuspended] = []
     summary: PlanSummary
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, select
 from policyd.actions.apply import catalog_lock
 from policyd.catalog.schema import experiments, files
 from tests.actions.sitekit import (
+    AT,
     NEW,
     OLD,
     RULES,
@@ -30,6 +31,7 @@ from tests.actions.sitekit import (
     SiteFile,
     action_states,
     catalog_replicas,
+    cli,
     ledger_events,
     make_site,
     storage_files,
@@ -109,6 +111,17 @@ def test_source_missing_on_storage_is_suspended_and_recorded_nowhere(sqlite_site
     assert (site.storage("tape") / kept.layout_path).read_bytes() == kept.data
     assert not (site.storage("daq") / kept.daq_path).exists()
     assert temp_leftovers(site) == []
+
+    # the next plan shows what was suspended, with its last error
+    shown = cli("plan", "-c", site.config, "--at", AT, "--format", "json")
+    suspended = orjson.loads(shown.stdout_bytes)["suspended"]
+    assert sorted((s["kind"], s["file"], s["target"], s["attempts"]) for s in suspended) == [
+        ("copy", gone.path, "disk", 1),
+        ("copy", gone.path, "tape", 1),
+    ]
+    assert all(s["error"].endswith("does not exist") for s in suspended)
+    text = cli("plan", "-c", site.config, "--at", AT).output
+    assert "suspended by earlier applies (2):" in text
 
 
 def test_checksum_mismatch_writes_nothing_and_marks_the_source_corrupt(sqlite_site: Site) -> None:
