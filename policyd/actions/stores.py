@@ -220,6 +220,20 @@ class LocalStore:
                 raise _write_error(exc, temp) from None
             raise
         os.close(fd)
+        return self._finish(temp, final, written, expected_size, expected_md5, mtime_ns, mode)
+
+    def _finish(
+        self,
+        temp: Path,
+        final: Path,
+        written: Written,
+        expected_size: int | None,
+        expected_md5: str | None,
+        mtime_ns: int | None,
+        mode: int | None,
+    ) -> Written:
+        """Checks, then the rename into place: bytes whose md5 is not `expected_md5` are
+        never renamed (the temporary file goes, whatever was at `final` stays)."""
         if expected_md5 is not None and written.md5 != expected_md5:
             temp.unlink(missing_ok=True)
             return written
@@ -236,6 +250,77 @@ class LocalStore:
         _fsync_dir(final.parent)
         return written
 
+    def copy_local(
+        self,
+        source: LocalStore,
+        source_rel: str,
+        rel: str,
+        tag: str,
+        *,
+        expected_size: int | None,
+        expected_md5: str | None = None,
+        mtime_ns: int | None = None,
+        mode: int | None = None,
+    ) -> Written:
+        """A copy between two local folders, as `write` does it but with the kernel
+        moving the bytes (copy_file_range: one read of the source, no copies through
+        Python) while a second thread hashes what has landed in the temporary file, so
+        the checksum is of the bytes written. Where the kernel cannot copy between the
+        two (another file system type, an old kernel), `write` does it."""
+        source_path = source.path(source_rel)
+        try:
+            src = os.open(source_path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise ActionFailed(f"{source_path} does not exist", retryable=False) from None
+        try:
+            return self._copy_with_kernel(
+                src, rel, tag, expected_size, expected_md5, mtime_ns, mode
+            )
+        except _NoKernelCopy:
+            return self.write(
+                rel,
+                source.read_chunks(source_rel),
+                tag,
+                expected_size=expected_size,
+                expected_md5=expected_md5,
+                mtime_ns=mtime_ns,
+                mode=mode,
+            )
+        finally:
+            os.close(src)
+
+    def _copy_with_kernel(
+        self,
+        src: int,
+        rel: str,
+        tag: str,
+        expected_size: int | None,
+        expected_md5: str | None,
+        mtime_ns: int | None,
+        mode: int | None,
+    ) -> Written:
+        final = self.path(rel, create_dirs=True)
+        temp = final.with_name(temp_name(final.name, tag))
+        try:
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _write_error(exc, temp) from None
+        try:
+            written = _kernel_copy(src, fd)
+            os.fsync(fd)
+        except _NoKernelCopy:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        except BaseException as exc:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _write_error(exc, temp) from None
+            raise
+        os.close(fd)
+        return self._finish(temp, final, written, expected_size, expected_md5, mtime_ns, mode)
+
     def remove(self, rel: str) -> bool:
         """Delete `rel`; False when it was already gone."""
         path = self.path(rel)
@@ -251,6 +336,64 @@ class LocalStore:
 
     def close(self) -> None:
         """Nothing to let go of: every method opens and closes what it uses."""
+
+
+class _NoKernelCopy(Exception):
+    """copy_file_range cannot copy between these two files; copy through Python."""
+
+
+KERNEL_CHUNK: Final = 32 * 1024 * 1024
+
+
+def _kernel_copy(src: int, dst: int) -> Written:
+    """Copy `src` to `dst` with copy_file_range, chunk by chunk, while a thread reads
+    back each chunk that has landed in `dst` and hashes it (both release the GIL)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    landed: queue.Queue[tuple[int, int] | None] = queue.Queue()
+    failure: list[BaseException] = []
+
+    def hash_landed() -> None:
+        try:
+            while (span := landed.get()) is not None:
+                offset, length = span
+                while length:
+                    data = os.pread(dst, min(length, CHUNK), offset)
+                    if not data:
+                        raise OSError(errno.EIO, "the copy is shorter than what was written")
+                    digest.update(data)
+                    offset += len(data)
+                    length -= len(data)
+        except BaseException as exc:
+            failure.append(exc)
+            while landed.get() is not None:
+                pass
+
+    hasher = threading.Thread(target=hash_landed, daemon=True)
+    hasher.start()
+    size = 0
+    try:
+        while True:
+            try:
+                done = os.copy_file_range(src, dst, KERNEL_CHUNK, None, size)
+            except OSError as exc:
+                if size == 0 and exc.errno in (
+                    errno.EXDEV,
+                    errno.ENOSYS,
+                    errno.EINVAL,
+                    errno.EOPNOTSUPP,
+                ):
+                    raise _NoKernelCopy from None
+                raise
+            if done == 0:
+                break
+            landed.put((size, done))
+            size += done
+    finally:
+        landed.put(None)
+        hasher.join()
+    if failure:
+        raise failure[0]
+    return Written(digest.hexdigest(), size)
 
 
 def pipe(chunks: Iterator[bytes], write: Callable[[bytes], None]) -> Written:

@@ -12,13 +12,13 @@ removed, whatever was at the target path stays as it was, and the source is mark
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection
 
 from policyd.actions import catalog_ops as cat
 from policyd.actions.base import ActionFailed, Executor, Result, Step, register
-from policyd.actions.stores import Written
+from policyd.actions.stores import LocalStore, Written
 
 
 def copy_tag(step: Step) -> str:
@@ -54,15 +54,20 @@ class Copy(Executor):
             raise ActionFailed(
                 f"{source.path(origin.path)} does not exist", retryable=False
             ) from None
-        written = target.write(
-            step.get("path"),
-            source.read_chunks(origin.path),
-            copy_tag(step),
-            expected_size=size,
-            expected_md5=facts.md5,
-            mtime_ns=info.st_mtime_ns,
-            mode=info.st_mode,
-        )
+        options: dict[str, Any] = {
+            "expected_size": size,
+            "expected_md5": facts.md5,
+            "mtime_ns": info.st_mtime_ns,
+            "mode": info.st_mode,
+        }
+        if isinstance(source, LocalStore) and isinstance(target, LocalStore):
+            written = target.copy_local(
+                source, origin.path, step.get("path"), copy_tag(step), **options
+            )
+        else:
+            written = target.write(
+                step.get("path"), source.read_chunks(origin.path), copy_tag(step), **options
+            )
         if facts.md5 is not None and written.md5 != facts.md5:
             # not renamed into place (`expected_md5`): the target is as it was
             return Result(
