@@ -13,7 +13,11 @@ measured on data that looks like production rather than on uniform toy files:
 * a fixed share of files "do not yet satisfy the rules" (only an unverified replica on
   the station's DAQ location), the rest are settled on ``voyager`` (and on ``tape`` once
   their experiment ended more than 90 days before ``--now``), so a plan has a known,
-  sizeable amount of work.
+  sizeable amount of work;
+* ``--stations``, ``--recent-copy`` and ``--scratch-days`` shape the settled part to a
+  given rule set (bench/plan.py uses them for examples/aps: its three beamlines, a second
+  copy of recent experiments on ``hpc``, no scratch old enough to expire), so that the
+  share needing action is the share a plan acts on.
 
 The script is standalone (stdlib + orjson, no ``policyd`` import) so that it can
 generate inputs for any version of the tool under test. Output is a pure function of
@@ -156,7 +160,21 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def make_experiments(rng: random.Random, n_files: int, per_experiment: int) -> list[Experiment]:
+def stations_arg(text: str) -> tuple[str, ...]:
+    """argparse type for a comma-separated subset of STATIONS, kept in STATIONS order
+    so the experiment layout does not depend on how the list was written."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(names - set(STATIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"stations are some of {', '.join(STATIONS)}, not {text!r}"
+        )
+    return tuple(s for s in STATIONS if s in names)
+
+
+def make_experiments(
+    rng: random.Random, n_files: int, per_experiment: int, stations: tuple[str, ...] = STATIONS
+) -> list[Experiment]:
     """Lay out ceil(N / per_experiment) experiments chronologically over the window.
 
     Each experiment gets its own time slot so that dates spread evenly over 2017..2026
@@ -177,7 +195,7 @@ def make_experiments(rng: random.Random, n_files: int, per_experiment: int) -> l
     used: set[str] = set()
     experiments: list[Experiment] = []
     for k, (start, duration) in enumerate(drafts):
-        station = STATIONS[k % len(STATIONS)]
+        station = stations[k % len(stations)]
         tm = time.gmtime(start)
         suffix = f"-{MONTHS[tm.tm_mon - 1]}{tm.tm_year % 100:02d}"
         name = ""
@@ -236,6 +254,15 @@ class Stats:
         self.largest = max(self.largest, size)
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Where a settled file's verified replicas are, beyond ``voyager``."""
+
+    recent_copy: str | None = None  # also here while the experiment is recent
+    recent_days: float = 180.0
+    scratch_days: float | None = None  # scratch only in experiments younger than this
+
+
 def file_records(
     rng: random.Random,
     exp: Experiment,
@@ -244,6 +271,7 @@ def file_records(
     now: int,
     stats: Stats,
     owed: list[float],
+    settled: Settled = Settled(),
 ) -> Iterator[dict[str, object]]:
     """Yield the file records of one experiment, in acquisition order.
 
@@ -252,11 +280,17 @@ def file_records(
     kind (see the constants). Which files need action is decided by a hash of the seed
     and layout path, fed through error diffusion (``owed`` carries the running
     difference between the wanted and the chosen count), so the choice looks random but
-    the share is exact to within one file for any N.
+    the share is exact to within one file for any N. Where scratch is not written
+    (``settled.scratch_days``), the same draw picks among the other kinds in their
+    proportions, so the random stream, and with it every other choice, stays the same.
     """
     prefix = f"{exp.station}/{exp.name}/"
     daq = f"daq-{exp.station.lower()}"
     on_tape = not exp.running and exp.end < now - TAPE_AFTER
+    recent = exp.running or exp.end > now - settled.recent_days * 86400
+    recent_copy = settled.recent_copy if recent else None
+    no_scratch = settled.scratch_days is not None and exp.start < now - settled.scratch_days * 86400
+    kinds = P_TIF + P_H5 + P_IMM if no_scratch else 1.0
     span = exp.end - exp.start
     n = exp.n_files
     gauss, rand, randint = rng.gauss, rng.random, rng.randint
@@ -272,7 +306,7 @@ def file_records(
             exposure = rng.choice(EXPOSURES)
         left_in_scan -= 1
 
-        u = rand()
+        u = rand() * kinds
         if u < P_TIF:
             tif += 1
             path = f"pix/macimg_{tif:06d}.tif"
@@ -306,6 +340,8 @@ def file_records(
             ]
         else:
             replicas = [{"location": "voyager", "path": layout, "verified": True}]
+            if recent_copy is not None:
+                replicas.append({"location": recent_copy, "path": layout, "verified": True})
             if on_tape:
                 stats.on_tape += 1
                 replicas.append({"location": "tape", "path": layout, "verified": True})
@@ -327,7 +363,8 @@ def file_records(
 def generate(args: argparse.Namespace, out: IO[bytes]) -> tuple[int, int, Stats, int]:
     """Write the whole catalog; return (lines, bytes, size stats, experiment count)."""
     rng = random.Random(args.seed)
-    experiments = make_experiments(rng, args.files, args.files_per_experiment)
+    experiments = make_experiments(rng, args.files, args.files_per_experiment, args.stations)
+    settled = Settled(args.recent_copy, args.recent_days, args.scratch_days)
     stats = Stats()
     owed = [0.0]
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
@@ -335,7 +372,10 @@ def generate(args: argparse.Namespace, out: IO[bytes]) -> tuple[int, int, Stats,
     batch: list[bytes] = []
     batch.extend(dumps(exp.record, option=newline) for exp in experiments)
     for exp in experiments:
-        for rec in file_records(rng, exp, args.seed, args.needing_action, args.now, stats, owed):
+        records = file_records(
+            rng, exp, args.seed, args.needing_action, args.now, stats, owed, settled
+        )
+        for rec in records:
             batch.append(dumps(rec, option=newline))
             if len(batch) >= 8192:  # one write per batch: far fewer calls than per line
                 chunk = b"".join(batch)
@@ -408,6 +448,24 @@ def main(argv: list[str] | None = None) -> int:
         "--now", type=parse_now, default=parse_now("2026-11-24T08:00:00Z"), metavar="TIME",
         help="settled files of experiments ended >90 days before TIME also get a tape "
         "replica (default 2026-11-24T08:00:00Z; dates do not depend on it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stations", type=stations_arg, default=STATIONS, metavar="LIST",
+        help=f"comma-separated stations, a subset of {','.join(STATIONS)} (default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recent-copy", metavar="LOCATION",
+        help="settled files of experiments running or ended less than --recent-days "
+        "before --now also have a verified replica on LOCATION (default none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recent-days", type=float, default=180.0, metavar="DAYS",
+        help="how recent --recent-copy means (default 180)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scratch-days", type=float, metavar="DAYS",
+        help="write scratch files only in experiments started less than DAYS before "
+        "--now, as if a site expired older scratch (default: in every experiment)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     args = parser.parse_args(argv)
