@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, text, true
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import actions as actions_table
@@ -290,7 +290,7 @@ class Planner:
 
     def rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, dict[str, bool]]]:
         """Rows of `query` (row columns and flags) with their replicas and jobs, batched."""
-        result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
+        result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
         want_jobs = any(isinstance(fr.statement, model.Run) for fr in self.file_rules)
         for batch in result.partitions():
             rows = [dict(r._mapping) for r in batch]
@@ -748,6 +748,9 @@ class Planner:
         self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
         self.prepare()
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # JIT-compiling the planner's wide expressions costs seconds per query
+                conn.execute(text("SET LOCAL jit = off"))
             self.plan.suspended = suspended_actions(conn)
             self.file_pass(conn)
             self.threshold_pass(conn)
