@@ -42,7 +42,7 @@ class ReplicaFacts:
 
 
 class NoSuchFile(LookupError):
-    pass
+    """The action's file is no longer in the catalog (deleted since the plan)."""
 
 
 def find_file(conn: Connection, experiment: str, path: str, *, lock: bool = False) -> FileFacts:

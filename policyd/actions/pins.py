@@ -17,7 +17,7 @@ from policyd.catalog.schema import experiments
 
 
 class UnknownExperiment(LookupError):
-    pass
+    """No experiment of that name; the message suggests the closest one."""
 
 
 @dataclass(frozen=True)

@@ -363,10 +363,8 @@ def _kernel_copy(src: int, dst: int) -> Written:
                     digest.update(data)
                     offset += len(data)
                     length -= len(data)
-        except BaseException as exc:
+        except BaseException as exc:  # the copy goes on; its caller raises this after
             failure.append(exc)
-            while landed.get() is not None:
-                pass
 
     hasher = threading.Thread(target=hash_landed, daemon=True)
     hasher.start()
