@@ -48,9 +48,9 @@ from policyd.audit import ledger
 from policyd.catalog.schema import alarm_states, experiments, notices
 from policyd.grammar import ast
 from policyd.planner import fingerprint
+from policyd.planner.engine import alarm_value, condition_holds
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
-from policyd.rules.pyeval import compile_python
 from policyd.rules.typecheck import expression_text
 from policyd.stations.config import SiteConfig
 from policyd.units import format_duration, format_size
@@ -68,7 +68,7 @@ class AlarmCheck:
         self.bindings = ir.Bindings(now, config.tzinfo, storage.value)
 
     def holds(self, expr: ast.Expr) -> bool:
-        return bool(compile_python(ir.lower(expr, self.bindings))({}))
+        return condition_holds(expr, self.bindings)
 
     def clears(self, statement: model.Alarm) -> bool:
         """`clear when E2` holds, or, without one, the alarm's condition no longer does."""
@@ -78,19 +78,7 @@ class AlarmCheck:
 
     def value(self, expr: ast.Expr) -> str | None:
         """The value of the condition's first function call, shown as the plan shows it."""
-        call = next((n for n in ast.walk(expr) if isinstance(n, ast.Call)), None)
-        if call is None:
-            return None
-        value = compile_python(ir.lower_value(call, self.bindings))({})
-        if value is None:
-            return None
-        if call.name == "usage":
-            return f"{value * 100:.1f}%"
-        if call.name == "time_to_full":
-            return format_duration(float(value))
-        if call.name in ("used", "free"):
-            return f"{int(value)} B"
-        return str(value)
+        return alarm_value(expr, self.bindings)
 
 
 def record_alarms_and_notices(

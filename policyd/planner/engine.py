@@ -813,7 +813,7 @@ class Planner:
                         )
 
     def _holds(self, expr: ast.Expr) -> bool:
-        return bool(compile_python(ir.lower(expr, self.bindings))({}))
+        return condition_holds(expr, self.bindings)
 
     def _released_enough(
         self, s: model.Release, usage: tuple[str, str | None] | None, announced: int
@@ -1009,19 +1009,29 @@ class Planner:
                         )
 
     def _alarm_value(self, expr: ast.Expr) -> str | None:
-        call = next((n for n in ast.walk(expr) if isinstance(n, ast.Call)), None)
-        if call is None:
-            return None
-        value = compile_python(ir.lower_value(call, self.bindings))({})
-        if value is None:
-            return None
-        if call.name == "usage":
-            return f"{value * 100:.1f}%"
-        if call.name == "time_to_full":
-            return format_duration(float(value))
-        if call.name in ("used", "free"):
-            return f"{int(value)} B"
-        return str(value)
+        return alarm_value(expr, self.bindings)
+
+
+def condition_holds(expr: ast.Expr, bindings: ir.Bindings) -> bool:
+    """A condition over `now` and the location functions (alarms, threshold `when`)."""
+    return bool(compile_python(ir.lower(expr, bindings))({}))
+
+
+def alarm_value(expr: ast.Expr, bindings: ir.Bindings) -> str | None:
+    """The value of a condition's first function call, as plans and notices show it."""
+    call = next((n for n in ast.walk(expr) if isinstance(n, ast.Call)), None)
+    if call is None:
+        return None
+    value = compile_python(ir.lower_value(call, bindings))({})
+    if value is None:
+        return None
+    if call.name == "usage":
+        return f"{value * 100:.1f}%"
+    if call.name == "time_to_full":
+        return format_duration(float(value))
+    if call.name in ("used", "free"):
+        return f"{int(value)} B"
+    return str(value)
 
 
 def _replica_bytes(replica: Replica, row: Row) -> int:
