@@ -81,6 +81,26 @@ def notice_wait(conn: Connection, ctx: Any, step: Step, experiment_id: int) -> s
     return None
 
 
+def refuse_if_held(
+    conn: Connection,
+    ctx: Any,
+    step: Step,
+    facts: cat.FileFacts,
+    reps: dict[str, cat.ReplicaFacts],
+    now: float,
+) -> None:
+    """What holds a file's data whatever the plan said: a pin, a `protect` rule that
+    matches it now, a notice not yet D old."""
+    if facts.pinned_until is not None and facts.pinned_until > now:
+        raise refused(f"experiment {facts.experiment} is pinned")
+    protector = ctx.protected_by(rule_row(conn, facts.id, reps, ctx))
+    if protector is not None:
+        raise refused(f"protected by rule {protector}")
+    waiting = notice_wait(conn, ctx, step, facts.experiment_id)
+    if waiting is not None:
+        raise refused(waiting)
+
+
 @register
 class Delete(Executor):
     kind = "delete"
@@ -98,14 +118,7 @@ class Delete(Executor):
         if replica is None:
             return Result({"gone": True}, "the replica was already removed from the catalog")
         now = ctx.now()
-        if facts.pinned_until is not None and facts.pinned_until > now:
-            raise refused(f"experiment {facts.experiment} is pinned")
-        protector = ctx.protected_by(rule_row(conn, facts.id, reps, ctx))
-        if protector is not None:
-            raise refused(f"protected by rule {protector}")
-        waiting = notice_wait(conn, ctx, step, facts.experiment_id)
-        if waiting is not None:
-            raise refused(waiting)
+        refuse_if_held(conn, ctx, step, facts, reps, now)
         grace = float(ctx.config.safety.release_grace or 0.0)
         others = [
             r
@@ -145,14 +158,7 @@ class Expire(Executor):
             return Result({"already": True}, "already expired")
         reps = cat.file_replicas(conn, facts.id)
         now = ctx.now()
-        if facts.pinned_until is not None and facts.pinned_until > now:
-            raise refused(f"experiment {facts.experiment} is pinned")
-        protector = ctx.protected_by(rule_row(conn, facts.id, reps, ctx))
-        if protector is not None:
-            raise refused(f"protected by rule {protector}")
-        waiting = notice_wait(conn, ctx, step, facts.experiment_id)
-        if waiting is not None:
-            raise refused(waiting)
+        refuse_if_held(conn, ctx, step, facts, reps, now)
         remote = [
             n
             for n in reps
