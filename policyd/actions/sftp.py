@@ -201,8 +201,11 @@ def _session_of(filesystem: SSHFS) -> SFTPClient:
 
 
 def _usable(filesystem: SSHFS) -> bool:
-    transport = _session_of(filesystem).get_channel().get_transport()
-    return transport is not None and transport.is_active()
+    """A connection worth keeping: its channel open (a killed session closes it before
+    the transport notices) and its transport alive."""
+    channel = _session_of(filesystem).get_channel()
+    transport = channel.get_transport()
+    return not channel.closed and transport is not None and transport.is_active()
 
 
 class _Pool:
