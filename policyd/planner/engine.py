@@ -566,7 +566,13 @@ class Planner:
             for r in reps.values()
             if r.location != location and r.state == "verified" and r.location not in state.deleted
         ]
-        old = [r for r in others if (r.verified_at or 0) <= self.now - self.grace]
+        # without release_grace a verified replica counts whenever it was verified (a
+        # plan made --at a past time still sees replicas verified since)
+        old = (
+            others
+            if self.grace <= 0
+            else [r for r in others if (r.verified_at or 0) <= self.now - self.grace]
+        )
         if len(old) >= self.min_copies:
             return None, ()
         planned = {loc: aid for loc, aid in state.verified.items() if loc != location}
