@@ -92,6 +92,10 @@ files = Table(
     Column("modified", Epoch, index=True),
     Column("meta", Json),
     Column("expired_at", Epoch),
+    # Bit 1 << location_id per location holding a verified (held: present, verified or
+    # corrupt) replica, kept by triggers on replicas (migration 0003); ids < 63 only.
+    Column("verified_on", BigInteger, nullable=False, server_default="0"),
+    Column("held_on", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("experiment_id", "path"),
 )
 

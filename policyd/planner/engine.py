@@ -26,7 +26,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, text, true
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import actions as actions_table
@@ -47,13 +58,25 @@ from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, 
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
 from policyd.rules.pyeval import Evaluator, ReplicaView, Row, compile_python
-from policyd.rules.sqlgen import Pushdown, Sources, SqlCompiler, pushdown, row_columns
+from policyd.rules.sqlgen import (
+    MASKED_IDS,
+    CatalogLocations,
+    Pushdown,
+    Sources,
+    SqlCompiler,
+    bit_count,
+    has_bit,
+    pushdown,
+    row_columns,
+)
 from policyd.rules.typecheck import expression_text
 from policyd.stations.config import SiteConfig
 from policyd.units import format_duration
 
 BATCH = 2000
 GOOD = ("present", "verified")
+#: The replica states each of a file row's masks has a bit for (migration 0003).
+MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): "held_on"}
 #: Functions whose value changes as the plan copies and deletes (spec/rules.md 5).
 STORAGE_FUNCTIONS = frozenset({"usage", "used", "free", "time_to_full"})
 
@@ -158,7 +181,9 @@ class Planner:
             name: str(loc.root_path) for name, loc in config.locations.items() if loc.root_path
         }
         self.bindings = ir.Bindings(self.now, config.tzinfo, self.storage.value, roots)
-        self.sources = Sources(files, experiments)
+        self.location_ids, tiers = _catalog_locations(engine)
+        self.location_names = {v: k for k, v in self.location_ids.items()}
+        self.sources = Sources(files, experiments, CatalogLocations(self.location_ids, tiers))
         self.min_copies = max(config.safety.min_copies, 1)
         self.grace = float(config.safety.release_grace or 0.0)
         self.location_order = {name: i for i, name in enumerate(config.locations)}
@@ -176,8 +201,6 @@ class Planner:
         self.storage_version = 0
         self.live: dict[str, tuple[int, Evaluator]] = {}
         self.with_cache: dict[str, list[tuple[str, Evaluator]]] = {}
-        self.location_ids: dict[str, int] = {}
-        self.location_names: dict[int, str] = {}
         self.notice_sent: dict[tuple[str, str, str], float] = {}
         self.pending_notices: dict[tuple[str, str, str], Notice] = {}
         self.file_rules = self._compile_file_rules()
@@ -234,11 +257,11 @@ class Planner:
 
     # ---- catalog lookups
 
-    def _location_ids(self, conn: Connection) -> dict[str, int]:
-        return {name: id_ for id_, name in conn.execute(select(locations.c.id, locations.c.name))}
-
     def _replica_exists(self, names: Sequence[str], states: Sequence[str]) -> ColumnElement[bool]:
         ids = [self.location_ids[n] for n in names if n in self.location_ids]
+        mask = MASKS.get(frozenset(states))
+        if mask is not None and all(i < MASKED_IDS for i in ids):
+            return has_bit(files.c[mask], ids) if ids else false()
         return exists().where(
             replicas.c.file_id == files.c.id,
             replicas.c.location_id.in_(ids),
@@ -247,6 +270,8 @@ class Planner:
 
     def _verified_count(self, names: Sequence[str]) -> ColumnElement[int]:
         ids = [self.location_ids[n] for n in names if n in self.location_ids]
+        if all(i < MASKED_IDS for i in ids):
+            return bit_count(files.c.verified_on, ids)
         return (
             select(func.count())
             .where(
@@ -739,8 +764,6 @@ class Planner:
     def prepare(self) -> None:
         """Read what every pass looks up: location ids and the notices already sent."""
         with self.engine.connect() as conn:
-            self.location_ids = self._location_ids(conn)
-            self.location_names = {v: k for k, v in self.location_ids.items()}
             self.notice_sent = {
                 (rule, name, channel): sent
                 for rule, name, channel, sent in conn.execute(
@@ -1038,6 +1061,13 @@ def alarm_value(expr: ast.Expr, bindings: ir.Bindings) -> str | None:
     if call.name in ("used", "free"):
         return f"{int(value)} B"
     return str(value)
+
+
+def _catalog_locations(engine: Engine) -> tuple[dict[str, int], dict[str, str | None]]:
+    """Ids and tiers of the catalog's locations, by name."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(locations.c.id, locations.c.name, locations.c.tier)).all()
+    return {name: id_ for id_, name, _ in rows}, {name: tier for _, name, tier in rows}
 
 
 def _replica_bytes(replica: Replica, row: Row) -> int:

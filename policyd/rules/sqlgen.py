@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     FromClause,
     and_,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -258,12 +260,61 @@ def glob_tokens(node: ir.Glob) -> tuple[GlobToken, ...] | None:
 # ---- the compiler
 
 
+#: Location ids below this have a bit in the files' replica masks (migration 0003).
+MASKED_IDS = 63
+
+
+@dataclass(frozen=True)
+class CatalogLocations:
+    """The catalog's locations (name -> id and tier), so that replica tests compile to
+    bit tests of the file row's `verified_on` and `held_on` masks instead of
+    correlated subqueries over replicas."""
+
+    ids: dict[str, int]
+    tiers: dict[str, str | None]
+
+    def matching(self, tier: str | None, location: str | None) -> list[int]:
+        return [
+            id_
+            for name, id_ in self.ids.items()
+            if (tier is None or self.tiers.get(name) == tier) and location in (None, name)
+        ]
+
+
+def mask_literal(ids: list[int]) -> ColumnElement[Any]:
+    return literal_column(str(sum(1 << i for i in set(ids))), BigInteger)
+
+
+def has_bit(mask: ColumnElement[Any], ids: list[int]) -> ColumnElement[bool]:
+    """Whether `mask` has any of the bits of `ids` (all below MASKED_IDS)."""
+    return mask.op("&", return_type=BigInteger)(mask_literal(ids)) != 0
+
+
+def bit_count(mask: ColumnElement[Any], ids: list[int]) -> ColumnElement[Any]:
+    """How many of the bits of `ids` (all below MASKED_IDS) `mask` has."""
+    if not ids:
+        return literal_column("0", BigInteger)
+    one = literal_column("1", BigInteger)
+    parts = [
+        mask.op(">>", return_type=BigInteger)(literal_column(str(i), BigInteger)).op(
+            "&", return_type=BigInteger
+        )(one)
+        for i in sorted(set(ids))
+    ]
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 @dataclass(frozen=True)
 class Sources:
-    """The tables (or aliases) a predicate reads: the file's row and its experiment's."""
+    """The tables (or aliases) a predicate reads: the file's row and its experiment's,
+    and, when known, the catalog's locations (see CatalogLocations)."""
 
     files: FromClause
     experiments: FromClause
+    locations: CatalogLocations | None = None
 
     def column(self, name: str) -> ColumnElement[Any]:
         scope, attribute = name.split(".", 1)
@@ -339,6 +390,10 @@ class SqlCompiler:
         raise ir.Unsupported(node, f"{type(node).__name__} has no SQL form")
 
     def copies(self, tier: str | None, location: str | None) -> ColumnElement[Any]:
+        if self.src.locations is not None:
+            ids = self.src.locations.matching(tier, location)
+            if all(i < MASKED_IDS for i in ids):
+                return bit_count(self.src.files.c.verified_on, ids)
         query = (
             select(func.count())
             .select_from(replicas.join(locations, locations.c.id == replicas.c.location_id))
@@ -489,12 +544,16 @@ def pushdown(node: ir.Node, sources: Sources) -> Pushdown:
 
 
 __all__ = [
+    "MASKED_IDS",
+    "CatalogLocations",
     "GlobToken",
     "Pushdown",
     "Sources",
     "SqlCompiler",
     "Wildcard",
+    "bit_count",
     "glob_tokens",
+    "has_bit",
     "pushdown",
     "row_columns",
 ]

@@ -206,7 +206,19 @@ def load_sql(engine: Engine, catalog: Catalog) -> None:
 
 
 def select_sql(engine: Engine, node: ir.Node, catalog: Catalog) -> Selected:
-    sources = sqlgen.Sources(files, experiments)
+    """The files SQL selects, asserted the same whether `copies()` compiles to a
+    subquery over replicas or to a bit count of the files' masks."""
+    plain = _select_sql(engine, node, catalog, sqlgen.Sources(files, experiments))
+    ids = {name: i for i, name in enumerate(LOCATIONS, 1)}
+    located = sqlgen.CatalogLocations(ids, dict(LOCATIONS))
+    masked = _select_sql(engine, node, catalog, sqlgen.Sources(files, experiments, located))
+    assert masked == plain, "copies() as a bit count disagrees with its subquery"
+    return plain
+
+
+def _select_sql(
+    engine: Engine, node: ir.Node, catalog: Catalog, sources: sqlgen.Sources
+) -> Selected:
     split = sqlgen.pushdown(node, sources)
     query = select(*sqlgen.row_columns(sources)).join(
         experiments, experiments.c.id == files.c.experiment_id
