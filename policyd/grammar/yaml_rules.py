@@ -42,6 +42,7 @@ from typing import Any, NamedTuple, TypeVar
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from policyd.diagnostics import Diagnostic, DiagnosticError, Span, sorted_diagnostics
+from policyd.gcpause import gc_paused
 from policyd.grammar import ast
 from policyd.grammar.dsl import RESERVED_WORDS, VERBS, parse_expression
 from policyd.units import DURATION_FORMS, PERCENT_FORMS
@@ -940,6 +941,11 @@ def parse_yaml_rules_partial(text: str, file: str) -> tuple[ast.File, list[Diagn
     gives an empty File. Only for callers that report the diagnostics: one that needs
     the whole file (convert) uses `parse_yaml_rules`.
     """
+    with gc_paused():  # the loaded tree and the AST live to the end (see gcpause)
+        return _parse_yaml_rules_partial(text, file)
+
+
+def _parse_yaml_rules_partial(text: str, file: str) -> tuple[ast.File, list[Diagnostic]]:
     source = text.removeprefix("\ufeff")
     empty = ast.File(None, (), Span(file, 1, 1))
     try:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from policyd.diagnostics import Diagnostic, DiagnosticError, Span, render_all, sorted_diagnostics
+from policyd.gcpause import gc_paused
 from policyd.grammar.dsl import parse_policy_partial
 from policyd.grammar.yaml_rules import parse_yaml_rules_partial
 from policyd.rules.passes import CheckContext, RuleFile, SiteNames, run_passes
@@ -370,7 +371,8 @@ def check_site(paths: Sequence[str | Path] = ()) -> CheckResult:
     ./policyd.yaml). Never raises."""
     run = _Run()
     try:
-        _check(paths, run)
+        with gc_paused():  # the whole run's objects live to its end (see gcpause)
+            _check(paths, run)
     except RecursionError:
         run.diagnostics.append(
             Diagnostic("too-deep", "the input is nested too deeply to check", None)
