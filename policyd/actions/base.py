@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 if TYPE_CHECKING:
     from policyd.actions.context import ExecContext
+    from policyd.actions.stores import Landed
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,14 @@ def refused(message: str) -> ActionFailed:
 
 @dataclass
 class Result:
-    """What an action found out (checksums, sizes) for `record`, and a note for people."""
+    """What an action found out (checksums, sizes) for `record`, and a note for people.
+    `landed` is a local copy written and checked but not yet durable nor in place: the
+    runner settles it (with the others that finished meanwhile) before `record`."""
 
     facts: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     bytes: int = 0
+    landed: Landed | None = None
 
 
 class Executor:

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from policyd.actions import acl_posix, globus, removal, transfer  # noqa: F401  (they register their executors)
+from policyd.actions import acl_posix, globus, removal, stores, transfer  # noqa: F401  (they register their executors)
 from policyd.actions.base import ActionFailed, Executor, Result, Step, executor_class
 from policyd.actions.context import ExecContext
 from policyd.audit import ledger
@@ -258,15 +258,23 @@ class Runner:
         }
         busy: Counter[str] = Counter()
         running: dict[Future[list[Result | ActionFailed]], list[ActionState]] = {}
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="policyd-io") as pool:
+        # executed, waiting for the settler; then the batch it is settling
+        finished: list[tuple[ActionState, Result]] = []
+        settling: Future[list[ActionFailed | None]] | None = None
+        settling_batch: list[tuple[ActionState, Result]] = []
+        with (
+            ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="policyd-io") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyd-settle") as settler,
+        ):
             while True:
                 now = self.ctx.now()
                 self._skip_orphans()
                 pending = [s for s in self.states.values() if s.state == "planned"]
-                if not pending and not running:
+                if not (pending or running or finished or settling):
                     break
+                starting: list[tuple[Executor, list[ActionState]]] = []
                 for state in pending:
-                    if len(running) >= parallel or not self._ready(state, now):
+                    if len(running) + len(starting) >= parallel or not self._ready(state, now):
                         continue
                     try:
                         executor = self.executor(state.step)
@@ -281,18 +289,29 @@ class Runner:
                         continue
                     group = self._batch(executor, state, pending, now)
                     for member in group:
-                        self._mark_running(member)
+                        self._start(member)
                     busy.update(used)
-                    running[pool.submit(_execute, executor, [m.step for m in group])] = group
-                if running:
+                    starting.append((executor, group))
+                if starting:
+                    self._record_running([m for _, group in starting for m in group])
+                    for executor, group in starting:
+                        running[pool.submit(_execute, executor, [m.step for m in group])] = group
+                if settling is None and finished:
+                    settling_batch, finished = finished, []
+                    settling = settler.submit(_settle, [r for _, r in settling_batch])
+                futures: list[Future[Any]] = [*running, *([settling] if settling else [])]
+                if futures:
                     done, _ = wait(
-                        list(running), timeout=self._wait_time(now), return_when=FIRST_COMPLETED
+                        futures, timeout=self._wait_time(now), return_when=FIRST_COMPLETED
                     )
                     for future in done:
+                        if future is settling:
+                            self._record_batch(settling_batch, settling.result())
+                            settling, settling_batch = None, []
+                            continue
                         group = running.pop(future)
                         busy.subtract(self.executor(group[0].step).locations(group[0].step))
-                        for index, state in enumerate(group):
-                            self._complete(state, future, index)
+                        finished += self._outcomes(group, future)
                 elif not any(self._ready(s, self.ctx.now()) for s in self.states.values()):
                     time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
         return self.report
@@ -315,12 +334,21 @@ class Runner:
                     self.report.counts["waiting"] += 1
                     self.report.problems.append(f"{state.step.id} not run: it waits for {dep}")
 
-    def _mark_running(self, state: ActionState) -> None:
+    def _start(self, state: ActionState) -> None:
         state.state = "running"
         state.attempts += 1
+
+    def _record_running(self, states: list[ActionState]) -> None:
+        """The `running` events of the actions about to start, in one transaction, before
+        any of them touches storage (a resumed apply removes what they leave)."""
         with self.ctx.engine.begin() as conn:
-            self._event(conn, "running", state.step, attempt=state.attempts)
-            self._set_state(conn, state)
+            for state in states:
+                self._event(conn, "running", state.step, attempt=state.attempts)
+                self._set_state(conn, state)
+
+    def _mark_running(self, state: ActionState) -> None:
+        self._start(state)
+        self._record_running([state])
 
     def _run_locked(self, executor: Executor, state: ActionState) -> None:
         self._mark_running(state)
@@ -357,23 +385,58 @@ class Runner:
                 group.append(other)
         return group
 
-    def _complete(
-        self, state: ActionState, future: Future[list[Result | ActionFailed]], index: int
-    ) -> None:
+    def _outcomes(
+        self, group: list[ActionState], future: Future[list[Result | ActionFailed]]
+    ) -> list[tuple[ActionState, Result]]:
+        """The executed actions of a finished worker call, for the settler; the failed
+        ones are recorded as failures now."""
         try:
-            result = future.result()[index]
-            if isinstance(result, ActionFailed):
-                raise result
-            problem = transfer.mismatch_error(result)
+            outcomes = future.result()
+        except ActionFailed as exc:
+            outcomes = [exc] * len(group)
+        except Exception as exc:  # an executor bug: the failure is recorded and retried
+            outcomes = [ActionFailed(f"{type(exc).__name__}: {exc}")] * len(group)
+        executed = []
+        for state, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, ActionFailed):
+                self._finish_failure(state, outcome)
+            else:
+                executed.append((state, outcome))
+        return executed
+
+    def _record_batch(
+        self, batch: list[tuple[ActionState, Result]], settled: list[ActionFailed | None]
+    ) -> None:
+        """Record settled actions, all in one transaction (each with its own events and
+        fingerprint difference). When one of them cannot be recorded the transaction is
+        rolled back and each is recorded on its own, so the others still are."""
+        ready = []
+        for (state, result), error in zip(batch, settled, strict=True):
+            if error is None:
+                ready.append((state, result))
+            else:
+                self._finish_failure(state, error)
+        if not ready:
+            return
+        try:
             with self.ctx.engine.begin() as conn:
-                scope = _scope(conn, state.step)
-                before = fingerprint.aggregates(conn, *scope)
-                self.executor(state.step).record(conn, state.step, result)
-                delta = _delta(conn, scope, before)
-                if problem is None:
-                    self._done(conn, state, result, delta)
-                elif any(delta):
-                    self._event(conn, "recorded", state.step, delta=delta, note=result.note)
+                problems = [self._record(conn, state, result) for state, result in ready]
+        except Exception:
+            for state, _ in ready:
+                state.state = "running"
+            for state, result in ready:
+                self._record_one(state, result)
+            return
+        for (state, result), problem in zip(ready, problems, strict=True):
+            if problem is None:
+                self._after_done(state, result)
+            else:
+                self._finish_failure(state, problem)
+
+    def _record_one(self, state: ActionState, result: Result) -> None:
+        try:
+            with self.ctx.engine.begin() as conn:
+                problem = self._record(conn, state, result)
             if problem is not None:
                 raise problem
         except ActionFailed as exc:
@@ -383,6 +446,20 @@ class Runner:
             self._finish_failure(state, ActionFailed(f"{type(exc).__name__}: {exc}"))
             return
         self._after_done(state, result)
+
+    def _record(self, conn: Connection, state: ActionState, result: Result) -> ActionFailed | None:
+        """An executed action's catalog change and its `done` event; a copy that found
+        its source corrupt records that and comes back as the failure it is."""
+        problem = transfer.mismatch_error(result)
+        scope = _scope(conn, state.step)
+        before = fingerprint.aggregates(conn, *scope)
+        self.executor(state.step).record(conn, state.step, result)
+        delta = _delta(conn, scope, before)
+        if problem is None:
+            self._done(conn, state, result, delta)
+        elif any(delta):
+            self._event(conn, "recorded", state.step, delta=delta, note=result.note)
+        return problem
 
     def _done(self, conn: Connection, state: ActionState, result: Result, delta: list[int]) -> None:
         state.state = "done"
@@ -427,6 +504,14 @@ class Runner:
             self.report.problems.append(f"{message} [{label}]")
         if self.progress is not None:
             self.progress(label, state.step, None)
+
+
+def _settle(results: list[Result]) -> list[ActionFailed | None]:
+    """Make the local copies among `results` durable and put them in place, all at
+    once (`stores.settle`); None for the results that need nothing."""
+    landed = [r.landed for r in results if r.landed is not None]
+    errors = iter(stores.settle(landed))
+    return [next(errors) if r.landed is not None else None for r in results]
 
 
 def _execute(executor: Executor, steps: list[Step]) -> list[Result | ActionFailed]:

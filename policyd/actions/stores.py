@@ -20,7 +20,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -35,6 +35,17 @@ TEMP_MARK: Final = ".policyd-tmp"
 class Written:
     md5: str
     size: int
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A copy in its temporary file, checked against the file's md5 and size, but not
+    yet durable nor in place; `fd` is open on it until `settle`."""
+
+    written: Written
+    temp: Path
+    final: Path
+    fd: int
 
 
 class FileStat(Protocol):
@@ -200,55 +211,26 @@ class LocalStore:
         mode: int | None = None,
     ) -> Written:
         """Write `chunks` to `rel` through a temporary file: hashing overlaps writing
-        (a reader thread reads and hashes while this one writes), then fsync, size
-        check, atomic rename, fsync of the folder. Bytes whose md5 is not
-        `expected_md5` are never renamed into place: the temporary file goes, whatever
-        was at `rel` stays, and the returned checksum tells the caller."""
-        final = self.path(rel, create_dirs=True)
-        temp = final.with_name(temp_name(final.name, tag))
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise _write_error(exc, temp) from None
-        try:
-            written = pipe(chunks, lambda data: _write_all(fd, data))
-            os.fsync(fd)
-        except BaseException as exc:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise _write_error(exc, temp) from None
-            raise
-        os.close(fd)
-        return self._finish(temp, final, written, expected_size, expected_md5, mtime_ns, mode)
-
-    def _finish(
-        self,
-        temp: Path,
-        final: Path,
-        written: Written,
-        expected_size: int | None,
-        expected_md5: str | None,
-        mtime_ns: int | None,
-        mode: int | None,
-    ) -> Written:
-        """Checks, then the rename into place: bytes whose md5 is not `expected_md5` are
-        never renamed (the temporary file goes, whatever was at `final` stays)."""
-        if expected_md5 is not None and written.md5 != expected_md5:
-            temp.unlink(missing_ok=True)
-            return written
-        if expected_size is not None and written.size != expected_size:
-            temp.unlink(missing_ok=True)
-            raise ActionFailed(
-                f"wrote {written.size} bytes to {final}, expected {expected_size}", retryable=True
-            )
-        if mode is not None:
-            os.chmod(temp, stat.S_IMODE(mode))
-        if mtime_ns is not None:
-            os.utime(temp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        os.replace(temp, final)
-        _fsync_dir(final.parent)
-        return written
+        (a reader thread reads and hashes while this one writes), then the checks and
+        `settle` (fsync, atomic rename, fsync of the folder) before it returns. Bytes
+        whose md5 is not `expected_md5` are never renamed into place: the temporary
+        file goes, whatever was at `rel` stays, and the returned checksum tells the
+        caller."""
+        landed = self._land(
+            rel,
+            tag,
+            lambda fd: pipe(chunks, lambda data: _write_all(fd, data)),
+            expected_size,
+            expected_md5,
+            mtime_ns,
+            mode,
+        )
+        if isinstance(landed, Written):
+            return landed
+        error = settle([landed])[0]
+        if error is not None:
+            raise error
+        return landed.written
 
     def copy_local(
         self,
@@ -261,44 +243,48 @@ class LocalStore:
         expected_md5: str | None = None,
         mtime_ns: int | None = None,
         mode: int | None = None,
-    ) -> Written:
-        """A copy between two local folders, as `write` does it but with the kernel
-        moving the bytes (copy_file_range: one read of the source, no copies through
-        Python) while a second thread hashes what has landed in the temporary file, so
-        the checksum is of the bytes written. Where the kernel cannot copy between the
-        two (another file system type, an old kernel), `write` does it."""
+    ) -> Landed | Written:
+        """A copy between two local folders, with the kernel moving the bytes
+        (copy_file_range: one read of the source, no copies through Python) while a
+        second thread hashes what has landed in the temporary file, so the checksum is
+        of the bytes written. It returns before the bytes are durable: the caller
+        `settle`s the `Landed` copy (fsync, rename into place, fsync of the folder),
+        together with others, before it records the copy anywhere. Bytes whose md5 is
+        not `expected_md5` come back as their `Written` checksum only, never renamed
+        into place (the temporary file removed). Where the kernel cannot copy between
+        the two (another file system type, an old kernel), Python copies, as `write`
+        does."""
         source_path = source.path(source_rel)
         try:
             src = os.open(source_path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise ActionFailed(f"{source_path} does not exist", retryable=False) from None
+        checks = (expected_size, expected_md5, mtime_ns, mode)
         try:
-            return self._copy_with_kernel(
-                src, rel, tag, expected_size, expected_md5, mtime_ns, mode
-            )
+            return self._land(rel, tag, lambda fd: _kernel_copy(src, fd), *checks)
         except _NoKernelCopy:
-            return self.write(
-                rel,
-                source.read_chunks(source_rel),
-                tag,
-                expected_size=expected_size,
-                expected_md5=expected_md5,
-                mtime_ns=mtime_ns,
-                mode=mode,
+            chunks = source.read_chunks(source_rel)
+            return self._land(
+                rel, tag, lambda fd: pipe(chunks, lambda data: _write_all(fd, data)), *checks
             )
         finally:
             os.close(src)
 
-    def _copy_with_kernel(
+    def _land(
         self,
-        src: int,
         rel: str,
         tag: str,
+        fill: Callable[[int], Written],
         expected_size: int | None,
         expected_md5: str | None,
         mtime_ns: int | None,
         mode: int | None,
-    ) -> Written:
+    ) -> Landed | Written:
+        """`fill` writes the temporary file of `rel` (open for reading and writing)
+        and returns the checksum of its bytes; then the checks and the source's mode
+        and mtime. Bytes whose md5 is not `expected_md5` are never renamed into place:
+        the temporary file goes and only their checksum comes back. The rest is left
+        open, not yet durable, for `settle`."""
         final = self.path(rel, create_dirs=True)
         temp = final.with_name(temp_name(final.name, tag))
         try:
@@ -306,20 +292,29 @@ class LocalStore:
         except OSError as exc:
             raise _write_error(exc, temp) from None
         try:
-            written = _kernel_copy(src, fd)
-            os.fsync(fd)
-        except _NoKernelCopy:
+            written = fill(fd)
+            if expected_md5 is not None and written.md5 != expected_md5:
+                raise _Mismatch
+            if expected_size is not None and written.size != expected_size:
+                raise ActionFailed(
+                    f"wrote {written.size} bytes to {final}, expected {expected_size}",
+                    retryable=True,
+                )
+            if mode is not None:
+                os.fchmod(fd, stat.S_IMODE(mode))
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except _Mismatch:
             os.close(fd)
             temp.unlink(missing_ok=True)
-            raise
+            return written
         except BaseException as exc:
             os.close(fd)
             temp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise _write_error(exc, temp) from None
             raise
-        os.close(fd)
-        return self._finish(temp, final, written, expected_size, expected_md5, mtime_ns, mode)
+        return Landed(written, temp, final, fd)
 
     def remove(self, rel: str) -> bool:
         """Delete `rel`; False when it was already gone."""
@@ -338,6 +333,41 @@ class LocalStore:
         """Nothing to let go of: every method opens and closes what it uses."""
 
 
+def settle(landed: Sequence[Landed]) -> list[ActionFailed | None]:
+    """Make checked copies durable and put them in place, many at once: each file's
+    bytes to disk (fsync) and only then its rename, so no crash ever leaves half a
+    file under the final name; then one fsync per folder for the renames. A copy is
+    recorded only after this, so a crash before it leaves a temporary file (removed
+    when the apply resumes) or an unrecorded file at the final name (written again),
+    never a recorded replica that is not on disk. One outcome per copy, in order:
+    None, or why that copy did not settle (its temporary file removed)."""
+    errors: list[ActionFailed | None] = [None] * len(landed)
+    for index, item in enumerate(landed):
+        try:
+            os.fsync(item.fd)
+            os.replace(item.temp, item.final)
+        except OSError as exc:
+            item.temp.unlink(missing_ok=True)
+            errors[index] = _write_error(exc, item.temp)
+        finally:
+            os.close(item.fd)
+    folders: dict[Path, list[int]] = {}
+    for index, item in enumerate(landed):
+        if errors[index] is None:
+            folders.setdefault(item.final.parent, []).append(index)
+    for folder, members in folders.items():
+        try:
+            _fsync_dir(folder)
+        except OSError as exc:
+            for index in members:
+                errors[index] = _write_error(exc, folder)
+    return errors
+
+
+class _Mismatch(Exception):
+    """The bytes written are not the file's: never renamed into place."""
+
+
 class _NoKernelCopy(Exception):
     """copy_file_range cannot copy between these two files; copy through Python."""
 
@@ -353,16 +383,20 @@ def _kernel_copy(src: int, dst: int) -> Written:
     failure: list[BaseException] = []
 
     def hash_landed() -> None:
+        # one buffer for the whole file: a fresh 4 MiB bytes per read costs the kernel
+        # as much as the copy itself (every page of it zeroed, then copied into)
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         try:
             while (span := landed.get()) is not None:
                 offset, length = span
                 while length:
-                    data = os.pread(dst, min(length, CHUNK), offset)
-                    if not data:
+                    got = os.preadv(dst, [view[: min(length, CHUNK)]], offset)
+                    if not got:
                         raise OSError(errno.EIO, "the copy is shorter than what was written")
-                    digest.update(data)
-                    offset += len(data)
-                    length -= len(data)
+                    digest.update(view[:got])
+                    offset += got
+                    length -= got
         except BaseException as exc:  # the copy goes on; its caller raises this after
             failure.append(exc)
 

@@ -1,13 +1,15 @@
 """`copy` and `verify`: bytes between locations, checked against the file's md5.
 
-A copy reads its source once: the bytes are hashed as they are read, written to a
-temporary name beside the target, fsync'd, their size checked, and renamed into place
-(spec/rules.md section 9, invariant 2). Only then, in the catalog transaction, is the
-target recorded: `verified` when the checksum equals the file's md5 (the source is
-then verified too), or, when the md5 was unknown, the checksum becomes it (first read
-wins). A mismatch with a known md5 is caught before the rename: what was written is
-removed, whatever was at the target path stays as it was, and the source is marked
-`corrupt`.
+A copy reads its source once: the bytes are hashed as they are read (between local
+folders: as they land), written to a temporary name beside the target, their size
+checked, fsync'd and renamed into place (spec/rules.md section 9, invariant 2). A copy
+between local folders leaves the fsync and the rename to the runner, which settles the
+copies that finished meanwhile together (`stores.settle`). Only then, in the catalog
+transaction, is the target recorded: `verified` when the checksum equals the file's
+md5 (the source is then verified too), or, when the md5 was unknown, the checksum
+becomes it (first read wins). A mismatch with a known md5 is caught before the
+rename: what was written is removed, whatever was at the target path stays as it was,
+and the source is marked `corrupt`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from policyd.actions import catalog_ops as cat
 from policyd.actions.base import ActionFailed, Executor, Result, Step, register
-from policyd.actions.stores import LocalStore, Written
+from policyd.actions.stores import Landed, LocalStore, Written, settle
 
 
 def copy_tag(step: Step) -> str:
@@ -60,10 +62,15 @@ class Copy(Executor):
             "mtime_ns": info.st_mtime_ns,
             "mode": info.st_mode,
         }
+        landed: Landed | None = None
         if isinstance(source, LocalStore) and isinstance(target, LocalStore):
-            written = target.copy_local(
+            copied = target.copy_local(
                 source, origin.path, step.get("path"), copy_tag(step), **options
             )
+            if isinstance(copied, Landed):
+                landed, written = copied, copied.written
+            else:
+                written = copied
         else:
             written = target.write(
                 step.get("path"), source.read_chunks(origin.path), copy_tag(step), **options
@@ -80,6 +87,11 @@ class Copy(Executor):
                 f"checksum mismatch: read {written.md5}, the catalog has {facts.md5}",
             )
         if self.ctx.options.paranoid:
+            if landed is not None:
+                error = settle([landed])[0]
+                landed = None
+                if error is not None:
+                    raise error
             again = target.checksum(step.get("path"))
             if again != written:
                 target.remove(step.get("path"))
@@ -89,6 +101,7 @@ class Copy(Executor):
         return Result(
             {"md5": written.md5, "size": written.size, "mtime": info.st_mtime},
             bytes=written.size,
+            landed=landed,
         )
 
     def record(self, conn: Connection, step: Step, result: Result) -> None:
