@@ -22,7 +22,6 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from policyd import __version__
 from policyd.catalog.db import CatalogUnavailable
 from policyd.catalog.importers import KINDS, ImportReport, ImportUsageError
-from policyd.catalog.imports import ImportOptions, run_import
 from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.schema import JOB_STATUSES
 from policyd.catalog.stats import UnknownExperiment, collection_stats
@@ -269,6 +268,10 @@ def catalog_import(
       policyd catalog import mongo mongodb://dmstation:27017/dm --location voyager
       policyd catalog import scan voyager
     """
+    # imported here: the scanners' pyfilesystem2 would cost every other command's
+    # start-up (an apply's included) a tenth of a second
+    from policyd.catalog.imports import ImportOptions, run_import
+
     site = site_for(config)
     problems = 0
 

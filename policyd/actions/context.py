@@ -12,20 +12,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from policyd.actions.base import ActionFailed
 from policyd.actions.catalog_ops import location_ids
-from policyd.actions.sftp import SftpStore
 from policyd.actions.stores import LocalStore, Store
 from policyd.rules import ir
 from policyd.rules.model import Protect, Rule
 from policyd.rules.pyeval import Evaluator, compile_python
-from policyd.rules.workflows import Workflow
 from policyd.stations.config import SiteConfig
+
+if TYPE_CHECKING:
+    from policyd.rules.workflows import Workflow
 
 
 @dataclass
@@ -77,6 +78,10 @@ class ExecContext:
         if loc.root_path is not None:
             return LocalStore(location, loc.root_path)
         if loc.scheme == "sftp":
+            # imported here: paramiko and pyfilesystem2 cost every apply a fifth of a
+            # second of start-up, and most sites have no sftp:// location
+            from policyd.actions.sftp import SftpStore
+
             return SftpStore(location, loc.url, loc.ssh_key)
         raise ActionFailed(
             f"location {location} ({loc.scheme}://) has no transfer executor on this "

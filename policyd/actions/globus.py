@@ -55,17 +55,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
 
-from globus_sdk import (
-    AccessTokenAuthorizer,
-    AuthClient,
-    GlobusAPIError,
-    NativeAppAuthClient,
-    NetworkError,
-    RefreshTokenAuthorizer,
-    TransferClient,
-    TransferData,
-)
-from globus_sdk.authorizers import GlobusAuthorizer
+# the SDK loads its parts on first use (its clients pull in requests): an apply
+# without globus:// locations never pays for them
+import globus_sdk
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
@@ -95,12 +87,14 @@ CHECKSUM_ALGORITHM: Final = "MD5"
 # ---- credentials
 
 
-def authorizer(config: SiteConfig, resource_server: str, env: str) -> GlobusAuthorizer:
+def authorizer(
+    config: SiteConfig, resource_server: str, env: str
+) -> globus_sdk.authorizers.GlobusAuthorizer:
     """The credentials for one Globus service: a token from `env`, else from the site's
     token file. Every problem is a clear, final error that never shows a token."""
     token = os.environ.get(env)
     if token:
-        return AccessTokenAuthorizer(token)
+        return globus_sdk.AccessTokenAuthorizer(token)
     if config.globus is None:
         raise ActionFailed(
             f"no Globus credentials: set {env} or give the site config "
@@ -121,14 +115,14 @@ def authorizer(config: SiteConfig, resource_server: str, env: str) -> GlobusAuth
                 retryable=False,
             )
         expires = entry.get("expires_at_seconds") if isinstance(entry, dict) else None
-        return RefreshTokenAuthorizer(
+        return globus_sdk.RefreshTokenAuthorizer(
             refresh,
-            NativeAppAuthClient(config.globus.client_id),
+            globus_sdk.NativeAppAuthClient(config.globus.client_id),
             access_token=access,
             expires_at=expires if isinstance(expires, int) else None,
         )
     if access:
-        return AccessTokenAuthorizer(access)
+        return globus_sdk.AccessTokenAuthorizer(access)
     raise ActionFailed(
         f"{path} has no {resource_server} token (an access_token or a refresh_token "
         f'under "{resource_server}"); {env} can give one instead',
@@ -158,10 +152,12 @@ def _token_file(path: os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def api_failure(doing: str, exc: GlobusAPIError | NetworkError) -> ActionFailed:
+def api_failure(
+    doing: str, exc: globus_sdk.GlobusAPIError | globus_sdk.NetworkError
+) -> ActionFailed:
     """A Globus error as an action failure: retried when waiting may help (the network,
     rate limits, the service's own errors), final when a person must act."""
-    if isinstance(exc, NetworkError):
+    if isinstance(exc, globus_sdk.NetworkError):
         return ActionFailed(f"Globus could not be reached while {doing}: {exc}")
     status = exc.http_status
     hint = " (renew the Globus token)" if status == 401 else ""
@@ -177,21 +173,23 @@ class Clients:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._transfer: TransferClient | None = None
-        self._auth: AuthClient | None = None
+        self._transfer: globus_sdk.TransferClient | None = None
+        self._auth: globus_sdk.AuthClient | None = None
 
-    def transfer(self) -> TransferClient:
+    def transfer(self) -> globus_sdk.TransferClient:
         with self._lock:
             if self._transfer is None:
-                self._transfer = TransferClient(
+                self._transfer = globus_sdk.TransferClient(
                     authorizer=authorizer(self.config, TRANSFER, TOKEN_ENV)
                 )
             return self._transfer
 
-    def auth(self) -> AuthClient:
+    def auth(self) -> globus_sdk.AuthClient:
         with self._lock:
             if self._auth is None:
-                self._auth = AuthClient(authorizer=authorizer(self.config, AUTH, AUTH_TOKEN_ENV))
+                self._auth = globus_sdk.AuthClient(
+                    authorizer=authorizer(self.config, AUTH, AUTH_TOKEN_ENV)
+                )
             return self._auth
 
 
@@ -280,7 +278,11 @@ class GlobusCopy(Executor):
         return [outcomes[index] for index in range(len(steps))]
 
     def _run_task(
-        self, client: TransferClient, source: Collection, target: Collection, items: list[Item]
+        self,
+        client: globus_sdk.TransferClient,
+        source: Collection,
+        target: Collection,
+        items: list[Item],
     ) -> dict[int, Result | ActionFailed]:
         try:
             task_id = str(client.submit_transfer(self._task(source, target, items))["task_id"])
@@ -292,15 +294,17 @@ class GlobusCopy(Executor):
                 target.location,
             )
             ended = Ended.fetch(client, self._wait(client, task_id))
-        except (GlobusAPIError, NetworkError) as exc:
+        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as exc:
             failure = api_failure("the transfer of a batch", exc)
             return {item.index: failure for item in items}
         except ActionFailed as exc:
             return {item.index: exc for item in items}
         return {item.index: ended.outcome(item, source, target) for item in items}
 
-    def _task(self, source: Collection, target: Collection, items: list[Item]) -> TransferData:
-        data = TransferData(
+    def _task(
+        self, source: Collection, target: Collection, items: list[Item]
+    ) -> globus_sdk.TransferData:
+        data = globus_sdk.TransferData(
             source.id,
             target.id,
             label=f"policyd {self.ctx.plan_id} {source.location} to {target.location}"[:128],
@@ -322,7 +326,7 @@ class GlobusCopy(Executor):
             )
         return data
 
-    def _wait(self, client: TransferClient, task_id: str) -> dict[str, Any]:
+    def _wait(self, client: globus_sdk.TransferClient, task_id: str) -> dict[str, Any]:
         """The task once it has ended; cancelled, and an error, after `timeout`."""
         deadline = time.monotonic() + self.timeout
         pause = self.poll_first
@@ -378,7 +382,7 @@ class Ended:
     errors: list[dict[str, Any]]  # error events of a failed task
 
     @classmethod
-    def fetch(cls, client: TransferClient, task: dict[str, Any]) -> Ended:
+    def fetch(cls, client: globus_sdk.TransferClient, task: dict[str, Any]) -> Ended:
         task_id = task["task_id"]
         moved = frozenset(
             e["destination_path"]
@@ -580,12 +584,12 @@ class GlobusAcl(PosixAcl):
             if granting:
                 return self._grant(client, where, step, path, (kind, principal, wanted), rules)
             return self._revoke(client, where, step, path, rules)
-        except (GlobusAPIError, NetworkError) as exc:
+        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as exc:
             raise api_failure(f"the access rules of {where.location}", exc) from None
 
     def _grant(
         self,
-        client: TransferClient,
+        client: globus_sdk.TransferClient,
         where: Collection,
         step: Step,
         path: str,
@@ -625,7 +629,12 @@ class GlobusAcl(PosixAcl):
         return Result({"access_id": str(made["access_id"]), "path": path})
 
     def _revoke(
-        self, client: TransferClient, where: Collection, step: Step, path: str, rules: list[Any]
+        self,
+        client: globus_sdk.TransferClient,
+        where: Collection,
+        step: Step,
+        path: str,
+        rules: list[Any],
     ) -> Result:
         recorded = self._recorded(step)
         if recorded is None:
@@ -693,7 +702,7 @@ class GlobusAcl(PosixAcl):
     def _identity_id(self, username: str) -> str:
         try:
             found = self.clients.auth().get_identities(usernames=[username], provision=True)
-        except (GlobusAPIError, NetworkError) as exc:
+        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as exc:
             raise api_failure(f"the identity lookup of {username}", exc) from None
         for identity in found["identities"]:
             if str(identity.get("username", "")).lower() == username.lower():
