@@ -14,17 +14,20 @@ import difflib
 import itertools
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from copy import copy
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.grammar import Rule
 from lark.lark import PostLex
-from lark.lexer import PatternStr
+from lark.lexer import BasicLexer, ContextualLexer, PatternStr, UnlessCallback
+from lark.parse_tree_builder import ExpandSingleChild
+from lark.parsers.lalr_analysis import Shift
 from lark.parsers.lalr_parser_state import ParserState
 
 from policyd.diagnostics import Diagnostic, Span, sorted_diagnostics
@@ -125,6 +128,203 @@ def _parser() -> Lark:
     )
 
 
+# ---- the quick parse of text without mistakes
+
+
+class _Mistake(Exception):
+    """The quick parse met something it does not read; lark parses the text again."""
+
+
+class _StateLexer(NamedTuple):
+    """One parser state's lexer: its terminals, in lark's order, after the ignored text."""
+
+    match: Callable[[str, int], re.Match[str] | None]
+    keywords: dict[str, dict[str, str]]  # per terminal, the keywords its text may be
+    newline_types: frozenset[str]  # the terminals whose text may hold a line break
+
+
+def _no_match(text: str, pos: int) -> None:
+    """The match of a state's lexer that the quick parser does not run."""
+
+
+class _StateLexers(dict[int, _StateLexer]):
+    """Lexers by parser state, built on first use (a file uses few of lark's ~130)."""
+
+    def __init__(self, contextual: ContextualLexer, ignored: str, re_module: Any) -> None:
+        super().__init__()
+        self._contextual = contextual
+        self._ignored = ignored
+        self._re = re_module
+        self._by_lexer: dict[int, _StateLexer] = {}
+
+    def __missing__(self, state: int) -> _StateLexer:
+        lexer = self._contextual.lexers[state]
+        made = self._by_lexer.get(id(lexer))
+        if made is None:
+            made = self._by_lexer[id(lexer)] = self._build(lexer)
+        self[state] = made
+        return made
+
+    def _build(self, lexer: BasicLexer) -> _StateLexer:
+        """One regex: the ignored text (spaces, comments), then one of the terminals.
+
+        No terminal starts with a space or `#`, so lark's lexer skips exactly the text
+        this regex skips before a token; after it, the first alternative that matches
+        wins, as in lark. A word that is one of the state's keywords becomes that
+        keyword, as lark's UnlessCallback makes it. A lexer set up otherwise (another
+        kind of callback, keywords with flags) matches nothing: lark reads the text.
+        """
+        scanner = lexer.scanner  # building it makes lexer.callback
+        callbacks = lexer.callback
+        if not all(
+            isinstance(c, UnlessCallback) and not any(t.pattern.flags for t in c.scanner.terminals)
+            for c in callbacks.values()
+        ):
+            return _StateLexer(_no_match, {}, frozenset())
+        terminals = [t for t in scanner.terminals if t.name not in lexer.ignore_types]
+        alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
+        pattern = self._re.compile(f"{self._ignored}(?:{alternatives})?", lexer.g_regex_flags)
+        keywords = {
+            str(name): {str(t.pattern.value): str(t.name) for t in callback.scanner.terminals}
+            for name, callback in callbacks.items()
+        }
+        return _StateLexer(pattern.match, keywords, lexer.newline_types)
+
+
+class _Reduction(NamedTuple):
+    size: int  # how many values the rule takes off the stack
+    origin: str  # the rule it reduces to
+    callback: Callable[[list[Any]], Any] | None  # lark's, None for a unit rule
+
+
+class _QuickParser:
+    """Lark's LALR tables and contextual lexer, run by one loop of our own.
+
+    Lark spends most of a parse in its own machinery: a generator and a line counter
+    per token, a separate lexer match for every run of spaces, a method call per
+    shift, a callback for each of the six unit reductions (`?expr: and_expr`, ...)
+    every operand climbs through. This loop reads the same tables and the same
+    per-state terminals in lark's order, lexes the ignored text and the token in one
+    match, and leaves a unit reduction's value where it is; it hands every other
+    reduction to lark's own callbacks, so the AST is built by the same code. It reads
+    only text without a syntax error: at the first token or character that does not
+    fit it raises _Mistake, and lark parses the text again for its exception, so
+    every message is lark's. Built only when lark's objects are what it expects.
+    """
+
+    def __init__(self, lark: Lark) -> None:
+        frontend = lark.parser
+        contextual = frontend.lexer.lexer  # behind the post-lexer, which changes nothing
+        parser = frontend.parser.parser
+        table = parser.parse_table
+        self._start_states = table.start_states
+        self._end_states = table.end_states
+        ignored = "|".join(lark.get_terminal(n).pattern.to_regexp() for n in lark.lexer_conf.ignore)
+        self._lexers = _StateLexers(contextual, f"(?:{ignored})*", lark.lexer_conf.re_module)
+        # Lark's table with each reduction's rule replaced by what the loop needs: how
+        # many values it takes, what it reduces to, and lark's callback, None for a
+        # unit rule whose value is its only child's; and symbols as plain text. (Lark's
+        # Rule and Token compare with Python code, which slows every lookup.)
+        reductions: dict[Rule, _Reduction] = {}
+        for rule, callback in parser.callbacks.items():
+            size = len(rule.expansion)
+            unit = isinstance(callback, ExpandSingleChild) and size == 1
+            reductions[rule] = _Reduction(size, str(rule.origin.name), None if unit else callback)
+        self._actions: dict[int, dict[str, tuple[bool, Any]]] = {
+            state: {
+                str(symbol): (True, arg) if action is Shift else (False, reductions[arg])
+                for symbol, (action, arg) in actions.items()
+            }
+            for state, actions in table.states.items()
+        }
+
+    @staticmethod
+    def fits(lark: Lark) -> bool:
+        """Whether lark is set up as this loop assumes: a contextual lexer, and
+        callbacks for rules only (none for tokens). Each state's lexer is checked when
+        it is first used (_StateLexers)."""
+        contextual = lark.parser.lexer.lexer
+        if not isinstance(contextual, ContextualLexer) or lark.lexer_conf.callbacks:
+            return False
+        return all(isinstance(key, Rule) for key in lark.parser.parser.parser.callbacks)
+
+    def parse(self, text: str, start: str) -> Any:
+        """What lark's `parse(text, start=start)` returns, or _Mistake."""
+        actions = self._actions
+        lexers = self._lexers
+        end_state = self._end_states[start]
+        state = self._start_states[start]
+        state_stack = [state]
+        value_stack: list[Any] = []
+        size_of_text = len(text)
+        pos = 0
+        line = 1
+        line_start = 0  # the offset where `line` starts
+        token: Token | None
+        while True:
+            lexer = lexers[state]
+            found = lexer.match(text, pos)
+            kind = found.lastgroup if found is not None else None
+            if kind is not None:
+                begin = found.start(kind)  # type: ignore[union-attr]
+                end = found.end()  # type: ignore[union-attr]
+                if begin != pos:
+                    skipped = text.count("\n", pos, begin)
+                    if skipped:
+                        line += skipped
+                        line_start = text.rfind("\n", pos, begin) + 1
+                value = text[begin:end]
+                keywords = lexer.keywords.get(kind)
+                if keywords is not None:
+                    kind = keywords.get(value, kind)
+                column = begin - line_start + 1
+                token_line = line
+                if kind in lexer.newline_types and "\n" in value:
+                    line += value.count("\n")
+                    line_start = begin + value.rindex("\n") + 1
+                end_column = end - line_start + 1
+                token = Token(kind, value, begin, token_line, column, line, end_column, end)
+                pos = end
+            elif found is not None and found.end() == size_of_text:
+                kind = "$END"
+                token = None
+            else:
+                raise _Mistake
+            while True:
+                action = actions[state].get(kind)
+                if action is None:
+                    raise _Mistake
+                shift, target = action
+                if shift:
+                    if token is None:
+                        raise _Mistake
+                    state = target
+                    state_stack.append(state)
+                    value_stack.append(token)
+                    break
+                size, origin, callback = target
+                if callback is None:
+                    del state_stack[-1]
+                else:
+                    if size:
+                        children = value_stack[-size:]
+                        del state_stack[-size:]
+                        del value_stack[-size:]
+                    else:
+                        children = []
+                    value_stack.append(callback(children))
+                state = actions[state_stack[-1]][origin][1]
+                state_stack.append(state)
+                if token is None and state == end_state:
+                    return value_stack[-1]
+
+
+@cache
+def _quick_parser() -> _QuickParser | None:
+    parser = _parser()
+    return _QuickParser(parser) if _QuickParser.fits(parser) else None
+
+
 # ---- spans
 
 
@@ -193,6 +393,16 @@ _KEYWORD_VALUE = "KEYWORD_VALUE"
 _KEPT_TERMINALS = _VALUE_TERMINALS | {_KEYWORD_VALUE}
 
 
+def _keyword_rule(token: Token) -> Token:
+    """The value of a `!` rule (_KEYWORD_RULES): the keyword written, kept as a value."""
+    return token if token.type in _VALUE_TERMINALS else token.update(_KEYWORD_VALUE)
+
+
+# The builder method of each rule name, as lark passes the name (see _Builder.dispatch);
+# _keyword_rule for the keyword rules.
+_METHODS: dict[str, Callable[..., Any]] = {}
+
+
 def _unquote(token: Token) -> str:
     return _ESCAPE.sub(r"\1", token.value[1:-1])
 
@@ -227,19 +437,35 @@ class _Builder:
         The span runs from the first child to the last, keywords included, so that a
         statement's span starts at its verb. Keywords and punctuation are then dropped,
         except where the rule is about which keyword was written (`asc`, `read`, ...).
+        This runs for most tokens of a file, so the span is made in one step and the
+        method is looked up once per rule name (lark's names are Tokens, whose
+        comparisons are Python code: `getattr` with one is slow).
         """
+        method = _METHODS.get(rule)
+        if method is None:
+            name = str(rule)
+            method = _keyword_rule if name in _KEYWORD_RULES else getattr(_Builder, name)
+            _METHODS[rule] = method
+        if method is _keyword_rule:
+            return _keyword_rule(children[0])
+        origin = self._origin
         if not children:
-            span = self._origin.span(1, 1, 1, 1)
+            span = origin.span(1, 1, 1, 1)
         else:
             first, last = children[0], children[-1]
-            start = self._origin.of_token(first) if isinstance(first, Token) else first.span
-            end = self._origin.of_token(last) if isinstance(last, Token) else last.span
-            span = Span(self._origin.file, start.line, start.col, end.end_line, end.end_col)
-        if rule in _KEYWORD_RULES:
-            token: Token = children[0]
-            return token if token.type in _VALUE_TERMINALS else token.update(_KEYWORD_VALUE)
+            if isinstance(first, Token):
+                line = (first.line or 0) + origin.line_offset
+                col = (first.column or 0) + (origin.col_offset if first.line == 1 else 0)
+            else:
+                line, col = first.span.line, first.span.col
+            if isinstance(last, Token):
+                end_line = (last.end_line or 0) + origin.line_offset
+                end_col = (last.end_column or 0) + (origin.col_offset if last.end_line == 1 else 0)
+            else:
+                end_line, end_col = last.span.end_line, last.span.end_col
+            span = Span(origin.file, line, col, end_line, end_col)
         kept = [c for c in children if not isinstance(c, Token) or c.type in _KEPT_TERMINALS]
-        return getattr(self, rule)(span, kept)
+        return method(self, span, kept)
 
     def _nested(self, node: NodeT, children: Iterable[Any]) -> NodeT:
         """`node`, after checking that expressions do not nest deeper than MAX_DEPTH.
@@ -851,10 +1077,25 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, origin: _Origin) -> Diag
 
 
 def _parse(text: str, start: str, origin: _Origin, diagnostics: list[Diagnostic]) -> Any:
-    """The built node, or None with a diagnostic added."""
+    """The built node, or None with a diagnostic added.
+
+    The quick parser reads text without a syntax error; after a mistake lark parses
+    the text again, with a new builder, so that the diagnostics are lark's own.
+    """
     with _PARSE_LOCK:
-        _INLINE.builder = _Builder(origin, diagnostics)
         try:
+            quick = _quick_parser()
+            if quick is not None:
+                found: list[Diagnostic] = []
+                _INLINE.builder = _Builder(origin, found)
+                try:
+                    node = quick.parse(text, start)
+                except _Mistake:
+                    pass
+                else:
+                    diagnostics += found
+                    return node
+            _INLINE.builder = _Builder(origin, diagnostics)
             return _parser().parse(text, start=start)
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(exc, text, origin))
