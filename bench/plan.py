@@ -161,7 +161,7 @@ def _replay(dbapi: Any, statement: Statement, name: str, server_side: bool) -> t
     cursor = dbapi.cursor(name) if server_side else dbapi.cursor()
     cursor.execute(sql, params)
     rows = 0
-    while chunk := cursor.fetchmany(BATCH):
+    while cursor.description is not None and (chunk := cursor.fetchmany(BATCH)):
         rows += len(chunk)
     cursor.close()
     return time.perf_counter() - began, rows

@@ -6,9 +6,14 @@ migrated to the current schema before anything reads it.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -47,6 +52,32 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+    # SQLAlchemy's REGEXP looks its pattern up in re's cache on every row; the
+    # planner's flags call it once per candidate file and rule.
+    dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _regexp(pattern: str | None, value: str | None) -> bool | None:
+    if pattern is None or value is None:
+        return None
+    return _pattern(pattern).search(value) is not None
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def load_json(text: str) -> Any:
+    """JSON columns decoded with orjson (a plan decodes a metadata column per
+    candidate file), except text with a 19-digit run: orjson reads integers beyond
+    64 bits as floats, where the json module keeps them exact."""
+    if _LONG_NUMBER.search(text):
+        return json.loads(text)
+    return orjson.loads(text)
 
 
 class CatalogUnavailable(RuntimeError):
@@ -102,10 +133,10 @@ def create_catalog_engine(url: str, create: bool = True) -> Engine:
                 raise CatalogUnavailable(
                     f"cannot create the catalog at {database}: {exc.strerror}"
                 ) from None
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, json_deserializer=load_json)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, json_deserializer=load_json)
 
 
 def upgrade(engine: Engine) -> bool:

@@ -114,6 +114,7 @@ replicas = Table(
     Column("seen_at", Epoch),
     UniqueConstraint("file_id", "location_id"),
     Index(None, "location_id", "state"),
+    Index(None, "location_id", "verified_at"),
 )
 
 usage_snapshots = Table(

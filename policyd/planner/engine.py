@@ -26,18 +26,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Engine,
     and_,
+    any_,
+    bindparam,
     exists,
     false,
     func,
+    literal_column,
     or_,
     select,
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import actions as actions_table
@@ -51,6 +57,7 @@ from policyd.catalog.schema import (
     notices,
     replicas,
 )
+from policyd.gcpause import gc_paused
 from policyd.grammar import ast
 from policyd.planner.fingerprint import catalog_fingerprint
 from policyd.planner.layout import DEFAULT_LAYOUT, NO_STATION_LAYOUT, Template, TemplateError
@@ -65,9 +72,10 @@ from policyd.rules.sqlgen import (
     Sources,
     SqlCompiler,
     bit_count,
+    experiment_columns,
+    file_columns,
     has_bit,
     pushdown,
-    row_columns,
 )
 from policyd.rules.typecheck import expression_text
 from policyd.stations.config import SiteConfig
@@ -102,10 +110,16 @@ class FileRule:
     flag: str
     selected: bool
     dynamic: bool = False  # the where reads storage: decided per file with the plan so far
+    index: int = 0  # its flag's place in a row's flags
+    verb: str = field(init=False)
+    name: str = field(init=False)
+    # the database's flag decides the match alone
+    flag_decides: bool = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.rule.name
+    def __post_init__(self) -> None:
+        self.verb = self.statement.verb
+        self.name = self.rule.name
+        self.flag_decides = self.residual is None and not self.dynamic
 
 
 @dataclass
@@ -201,6 +215,25 @@ class Planner:
         self.storage_version = 0
         self.live: dict[str, tuple[int, Evaluator]] = {}
         self.with_cache: dict[str, list[tuple[str, Evaluator]]] = {}
+        self.location_tiers = {name: loc.tier or "" for name, loc in config.locations.items()}
+        self.experiment_rows: dict[int, Row] = {}
+        batch_ids = _batch_ids(engine)
+        self.replica_query = (
+            select(
+                replicas.c.file_id,
+                replicas.c.location_id,
+                replicas.c.state,
+                replicas.c.path,
+                replicas.c.size,
+                replicas.c.verified_at,
+            )
+            .where(batch_ids(replicas.c.file_id))
+            .order_by(replicas.c.file_id, replicas.c.location_id)
+        )
+        self.job_query = select(jobs.c.file_id, jobs.c.workflow, jobs.c.content).where(
+            batch_ids(jobs.c.file_id)
+        )
+        self.ids_value = _ids_value(engine)
         self.notice_sent: dict[tuple[str, str, str], float] = {}
         self.pending_notices: dict[tuple[str, str, str], Notice] = {}
         self.file_rules = self._compile_file_rules()
@@ -233,6 +266,7 @@ class Planner:
                         f"m{len(out)}",
                         rule.name in self.selected,
                         dynamic,
+                        len(out),
                     )
                 )
         return out
@@ -313,26 +347,23 @@ class Planner:
                 return None
         return and_(where, need)
 
-    def rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, dict[str, bool]]]:
-        """Rows of `query` (row columns and flags) with their replicas and jobs, batched."""
+    def rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, tuple[bool, ...]]]:
+        """Rows of `query` (file columns and flags) with their experiment's fields, their
+        replicas and jobs, batched: the query reads each file's own columns, and the few
+        experiments are read once and shared by their files' rows."""
         result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
-        want_jobs = any(isinstance(fr.statement, model.Run) for fr in self.file_rules)
+        keys = list(result.keys())
+        width = len(keys) - len(self.file_rules)
+        keys = keys[:width]
+        experiment_at = keys.index("experiment.id")
+        want_jobs = any(fr.verb == "run" for fr in self.file_rules)
         for batch in result.partitions():
-            rows = [dict(r._mapping) for r in batch]
-            ids = [r["file.id"] for r in rows]
+            ids = [r[0] for r in batch]
+            self._load_experiments(conn, {r[experiment_at] for r in batch})
             by_file: dict[int, list[Replica]] = {}
             views: dict[int, list[ReplicaView]] = {}
             for file_id, location_id, state, path, size, verified_at in conn.execute(
-                select(
-                    replicas.c.file_id,
-                    replicas.c.location_id,
-                    replicas.c.state,
-                    replicas.c.path,
-                    replicas.c.size,
-                    replicas.c.verified_at,
-                )
-                .where(replicas.c.file_id.in_(ids))
-                .order_by(replicas.c.file_id, replicas.c.location_id)
+                self.replica_query, {"ids": self.ids_value(ids)}
             ):
                 name = self.location_names.get(location_id)
                 if name is None:
@@ -340,26 +371,38 @@ class Planner:
                 by_file.setdefault(file_id, []).append(
                     Replica(name, state, path, size, verified_at)
                 )
-                tier = self.config.locations[name].tier if name in self.config.locations else ""
-                views.setdefault(file_id, []).append(ReplicaView(name, tier, state, path))
+                views.setdefault(file_id, []).append(
+                    ReplicaView(name, self.location_tiers.get(name, ""), state, path)
+                )
             job_content: dict[int, set[tuple[str, str]]] = {}
             if want_jobs:
                 for file_id, workflow, content in conn.execute(
-                    select(jobs.c.file_id, jobs.c.workflow, jobs.c.content).where(
-                        jobs.c.file_id.in_(ids)
-                    )
+                    self.job_query, {"ids": self.ids_value(ids)}
                 ):
                     job_content.setdefault(file_id, set()).add((workflow, content))
-            for row in rows:
-                file_id = row["file.id"]
+            experiments_by_id = self.experiment_rows
+            for values in batch:
+                file_id = values[0]
+                row = experiments_by_id[values[experiment_at]].copy()
+                row.update(zip(keys, values[:width], strict=True))
                 row["replicas"] = views.get(file_id, [])
                 row["_replicas"] = by_file.get(file_id, [])
                 row["_jobs"] = job_content.get(file_id, set())
-                flags = {fr.flag: bool(row.pop(fr.flag)) for fr in self.file_rules}
-                yield row, flags
+                yield row, tuple(map(bool, values[width:]))
+
+    def _load_experiments(self, conn: Connection, ids: set[int]) -> None:
+        missing = [i for i in ids if i not in self.experiment_rows]
+        if not missing:
+            return
+        query = select(experiments.c.id, *experiment_columns(self.sources)).where(
+            experiments.c.id.in_(missing)
+        )
+        for values in conn.execute(query):
+            self.experiment_rows[values[0]] = dict(values._mapping)
+            del self.experiment_rows[values[0]]["id"]
 
     def file_query(self, condition: ColumnElement[bool] | None, expired_too: bool = False) -> Any:
-        columns = row_columns(self.sources)
+        columns = file_columns(self.sources)
         columns += [
             (fr.push.sql if fr.push.sql is not None else true()).label(fr.flag)
             for fr in self.file_rules
@@ -377,10 +420,18 @@ class Planner:
 
     # ---- one file
 
-    def matches(self, fr: FileRule, row: Row, flags: dict[str, bool]) -> bool:
-        if not flags[fr.flag]:
+    def matches(self, fr: FileRule, row: Row, flags: Sequence[bool]) -> bool:
+        if not flags[fr.index]:
             return False
-        return self.where_holds(fr, row)
+        return fr.flag_decides or self.where_holds(fr, row)
+
+    def matching(self, row: Row, flags: Sequence[bool]) -> list[FileRule]:
+        """The file rules whose `where` holds for the row, in rule order."""
+        return [
+            fr
+            for fr, hit in zip(self.file_rules, flags, strict=True)
+            if hit and (fr.flag_decides or self.where_holds(fr, row))
+        ]
 
     def where_holds(self, fr: FileRule, row: Row) -> bool:
         """The part of the rule's `where` the database did not decide, on `row`: the
@@ -454,9 +505,9 @@ class Planner:
         rest.sort(key=lambda loc: (-(self.storage.free(loc) or 0), self.location_order[loc]))
         return chosen + rest[: max(0, s.copies - len(chosen))]
 
-    def plan_file(self, row: Row, flags: dict[str, bool]) -> None:
+    def plan_file(self, row: Row, flags: Sequence[bool]) -> None:
         reps = {r.location: r for r in row["_replicas"]}
-        matched = [fr for fr in self.file_rules if self.matches(fr, row, flags)]
+        matched = self.matching(row, flags)
         protected = [fr for fr in matched if isinstance(fr.statement, model.Protect)]
         pinned = (row.get("experiment.pinned_until") or 0) > self.now
 
@@ -825,7 +876,7 @@ class Planner:
                 if not self.where_holds(fr, row):
                     continue
                 reps = {r.location: r for r in row["_replicas"]}
-                matched = [f for f in self.file_rules if self.matches(f, row, flags)]
+                matched = self.matching(row, flags)
                 protected = [f for f in matched if isinstance(f.statement, model.Protect)]
                 pinned = (row.get("experiment.pinned_until") or 0) > self.now
                 state = self.planned.setdefault(row["file.id"], Planned())
@@ -869,7 +920,6 @@ class Planner:
             where = fr.push.sql if fr.push.sql is not None else true()
             query = (
                 self.file_query(where)
-                .add_columns(replicas.c.verified_at.label("_verified_at"))
                 .join(replicas, replicas.c.file_id == files.c.id)
                 .where(on_location, due)
                 .order_by(replicas.c.verified_at.asc().nulls_first(), files.c.id)
@@ -920,7 +970,7 @@ class Planner:
                 .join(locations, locations.c.id == grants.c.location_id)
             )
         }
-        query = select(*[c for c in row_columns(self.sources) if c.name.startswith("experiment.")])
+        query = select(*experiment_columns(self.sources))
         query = query.select_from(experiments).order_by(experiments.c.name)
         if self.station is not None:
             query = query.where(experiments.c.station == self.station)
@@ -1063,6 +1113,23 @@ def alarm_value(expr: ast.Expr, bindings: ir.Bindings) -> str | None:
     return str(value)
 
 
+def _batch_ids(engine: Engine) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:
+    """`column IN` a batch's ids, given as one parameter: an array on PostgreSQL, a
+    JSON list on SQLite. An expanding IN would render two thousand placeholders per
+    batch, which costs the client more than the lookup costs the database."""
+    if engine.dialect.name == "postgresql":
+        param = bindparam("ids", type_=ARRAY(BigInteger))
+        return lambda column: column == any_(param)
+    listed = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
+    return lambda column: column.in_(listed.scalar_subquery())
+
+
+def _ids_value(engine: Engine) -> Callable[[list[int]], object]:
+    if engine.dialect.name == "postgresql":
+        return lambda ids: ids
+    return lambda ids: orjson.dumps(ids).decode()
+
+
 def _catalog_locations(engine: Engine) -> tuple[dict[str, int], dict[str, str | None]]:
     """Ids and tiers of the catalog's locations, by name."""
     with engine.connect() as conn:
@@ -1150,4 +1217,7 @@ def make_plan(
     options: PlanOptions,
     progress: Callable[[int], None] | None = None,
 ) -> Plan:
-    return Planner(config, engine, rules, options, progress).run()
+    # A plan keeps every action, row and replica it makes until it returns: the
+    # collector's passes over them would free nothing.
+    with gc_paused():
+        return Planner(config, engine, rules, options, progress).run()

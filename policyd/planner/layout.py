@@ -36,6 +36,7 @@ class _Placeholder:
     fmt: str | None
     is_time: bool
     uses_file: bool
+    reads_file: bool  # its value may differ between files of one experiment
 
 
 Part = str | _Placeholder
@@ -46,6 +47,13 @@ class Template:
         self.text = text
         self.tz = tz
         self.parts = self._parse(text)
+        # The leading parts that read only the experiment render once per experiment
+        # (a plan renders a template per copy, and most copies share an experiment).
+        lead = 0
+        while lead < len(self.parts) and not _reads_file(self.parts[lead]):
+            lead += 1
+        self.lead, self.rest = self.parts[:lead], self.parts[lead:]
+        self.leads: dict[object, str] = {}
 
     def _parse(self, text: str) -> list[Part]:
         parts: list[Part] = []
@@ -74,6 +82,7 @@ class Template:
                     fmt,
                     info is not None and info.type == TIME,
                     inner.strip().startswith("file."),
+                    not all(_experiment_only(n) for n in ir.walk(node)),
                 )
             )
             i = end + 1
@@ -93,8 +102,21 @@ class Template:
     def render(self, row: Row, *, upto_file: bool = False) -> str:
         """The path for `row`; with `upto_file`, only up to (not including) the first
         segment that uses a `file.` attribute: the experiment directory."""
-        out: list[str] = []
-        for part in self.parts:
+        if upto_file:
+            return self._render(self.parts, row, [], upto_file=True)
+        experiment = row.get("experiment.id")
+        lead = self.leads.get(experiment) if experiment is not None else None
+        if lead is None:
+            lead = "".join(self._piece(part, row) for part in self.lead)
+            if experiment is not None:
+                self.leads[experiment] = lead
+        return self._render(self.rest, row, [lead], upto_file=False)
+
+    def _piece(self, part: Part, row: Row) -> str:
+        return part if isinstance(part, str) else self._text(part, row)
+
+    def _render(self, parts: list[Part], row: Row, out: list[str], *, upto_file: bool) -> str:
+        for part in parts:
             if isinstance(part, str):
                 out.append(part)
             elif upto_file and part.uses_file:
@@ -103,6 +125,22 @@ class Template:
             else:
                 out.append(self._text(part, row))
         return check_path("".join(out))
+
+
+def _reads_file(part: Part) -> bool:
+    return isinstance(part, _Placeholder) and part.reads_file
+
+
+def _experiment_only(node: ir.Node) -> bool:
+    """Whether an IR node's value is the same for every file of an experiment."""
+    match node:
+        case ir.Field(name=name):
+            return name.startswith("experiment.")
+        case ir.Meta(scope=scope):
+            return scope == "experiment"
+        case ir.Copies() | ir.PathOn():
+            return False
+    return True
 
 
 def check_path(path: str) -> str:

@@ -18,6 +18,8 @@ from typing import IO, Any, Final, Protocol
 
 import orjson
 
+from policyd.gcpause import gc_paused
+
 PLAN_VERSION: Final = 1
 ACTION_KINDS: Final = ("copy", "verify", "delete", "expire", "acl", "workflow")
 SYMBOLS: Final = {
@@ -255,6 +257,10 @@ class Plan:
 
     def write_json(self, out: IO[bytes]) -> None:
         """The plan file, written action by action: one action per line."""
+        with gc_paused():
+            self._write_json(out)
+
+    def _write_json(self, out: IO[bytes]) -> None:
         head = {
             "version": PLAN_VERSION,
             "site": self.site,

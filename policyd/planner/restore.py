@@ -50,7 +50,7 @@ def plan_restore(
         for row, flags in planner.rows(conn, query):
             found += 1
             reps = {r.location: r for r in row["_replicas"]}
-            matched = [fr for fr in planner.file_rules if planner.matches(fr, row, flags)]
+            matched = planner.matching(row, flags)
             winner, layout = planner.layout(row, matched)
             target = to or (winner.statement.on if winner else default_target(config))  # type: ignore[union-attr]
             if target is None:

@@ -331,16 +331,30 @@ class Sources:
 def row_columns(sources: Sources) -> list[ColumnElement[Any]]:
     """Every field a predicate reads, labelled with its IR name, so that a result row's
     mapping is a row for the Python backend (add `replicas` for `copies()`)."""
+    return [*file_columns(sources), *experiment_columns(sources)]
+
+
+def file_columns(sources: Sources) -> list[ColumnElement[Any]]:
+    """The file's own fields of a row, with its experiment's id (a planner reads the
+    few experiments once and joins them to the many files in Python)."""
     columns = [
         sources.files.c.id.label("file.id"),
         sources.experiments.c.id.label("experiment.id"),
     ]
-    columns += [sources.column(name).label(name) for name in ir.FILE_FIELDS]
     columns += [
-        sources.files.c.meta.label("file.meta"),
-        sources.experiments.c.meta.label("experiment.meta"),
+        sources.column(name).label(name) for name in ir.FILE_FIELDS if name.startswith("file.")
     ]
-    return columns
+    return [*columns, sources.files.c.meta.label("file.meta")]
+
+
+def experiment_columns(sources: Sources) -> list[ColumnElement[Any]]:
+    """The experiment's fields of a row."""
+    columns = [
+        sources.column(name).label(name)
+        for name in ir.FILE_FIELDS
+        if name.startswith("experiment.")
+    ]
+    return [*columns, sources.experiments.c.meta.label("experiment.meta")]
 
 
 @dataclass
@@ -552,6 +566,8 @@ __all__ = [
     "SqlCompiler",
     "Wildcard",
     "bit_count",
+    "experiment_columns",
+    "file_columns",
     "glob_tokens",
     "has_bit",
     "pushdown",
