@@ -239,18 +239,35 @@ class _Source:
         return p
 
 
+# The field names of each dataclass met by _remap, None for any other type.
+_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
 def _remap(node: NodeT, change: Callable[[Span], Span]) -> NodeT:
-    """`node` with every Span in it (AST nodes, diagnostics) replaced by `change(span)`."""
+    """`node` with every Span in it (AST nodes, diagnostics) replaced by `change(span)`.
+
+    The node is made again from its fields in order (all are init fields): the
+    reader moves most expressions it reuses (see _Reader._parse_in_place) this way,
+    and `dataclasses.replace` took several times as long.
+    """
     if isinstance(node, Span):
         return change(node)  # type: ignore[return-value]
-    if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        updates = {f.name: _remap(getattr(node, f.name), change) for f in dataclasses.fields(node)}
-        return dataclasses.replace(node, **updates)  # type: ignore[type-var]
     if isinstance(node, tuple):
         return tuple(_remap(item, change) for item in node)  # type: ignore[return-value]
     if isinstance(node, list):
         return [_remap(item, change) for item in node]  # type: ignore[return-value]
-    return node
+    kind = type(node)
+    try:
+        names = _FIELDS[kind]
+    except KeyError:
+        names = _FIELDS[kind] = (
+            tuple(f.name for f in dataclasses.fields(kind))
+            if dataclasses.is_dataclass(kind)
+            else None
+        )
+    if names is None:
+        return node
+    return kind(*(_remap(getattr(node, name), change) for name in names))  # type: ignore[return-value]
 
 
 def _is_bool(value: Any) -> bool:
@@ -285,6 +302,8 @@ class _Reader:
         # id -> (the mapping or list, what else its entries depend on, the entries)
         self._entries: dict[int, tuple[CommentedMap, Span, list[_Entry]]] = {}
         self._items: dict[int, tuple[list[Any], tuple[str, Span], list[_Entry]]] = {}
+        # One-line expressions parsed without a mistake: the node, and where it was.
+        self._parsed: dict[str, tuple[ast.Expr, int, int]] = {}
 
     def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, hint=hint))
@@ -417,7 +436,7 @@ class _Reader:
             )
             if shifted:
                 line, col = self.src.position(first)
-                return parse_expression(value, self.file, line - 1, col - 1)
+                return self._parse_in_place(value, line, col)
         node, diagnostics = parse_expression(value, self.file)
         line_starts = [0] + [m.end() for m in re.finditer("\n", value)]
 
@@ -435,6 +454,36 @@ class _Reader:
             return self.src.span(start, max(start, end))
 
         return _remap(node, change), _remap(diagnostics, change)
+
+    def _parse_in_place(
+        self, value: str, line: int, col: int
+    ) -> tuple[ast.Expr | None, list[Diagnostic]]:
+        """A one-line expression that starts at `line`, `col` of the file.
+
+        A file of many rules repeats its expressions (`file.path like "*.h5"`,
+        `age(experiment.end) > 90 days`): an expression read before without a mistake
+        is that node moved to here, which takes a fraction of a parse. One with a
+        mistake is not kept: each time it is parsed, for messages at its own place.
+        """
+        seen = self._parsed.get(value)
+        if seen is not None:
+            node, at_line, at_col = seen
+            lines, cols = line - at_line, col - at_col
+
+            def move(span: Span) -> Span:
+                return Span(
+                    span.file,
+                    span.line + lines,
+                    span.col + cols,
+                    span.end_line + lines,
+                    span.end_col + cols,
+                )
+
+            return _remap(node, move), []
+        node, diagnostics = parse_expression(value, self.file, line - 1, col - 1)
+        if node is not None and not diagnostics:
+            self._parsed[value] = (node, line, col)
+        return node, diagnostics
 
     def literal(self, entry: _Entry, kind: str) -> ast.Literal:
         """A literal clause value (`80%`, `7 days`, `2`), read by the expression grammar."""
