@@ -117,6 +117,28 @@ replicas = Table(
     Index(None, "location_id", "verified_at"),
 )
 
+# Space per location and experiment: triggers on replicas and files append each write's
+# effect to usage_changes, and policyd.catalog.usage folds them into usage_totals
+# (migration 0004).
+usage_totals = Table(
+    "usage_totals",
+    metadata,
+    Column("location_id", Integer, primary_key=True),
+    Column("experiment_id", Integer, primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("replicas", BigInteger, nullable=False),
+)
+
+usage_changes = Table(
+    "usage_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("location_id", Integer, nullable=False),
+    Column("experiment_id", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("replicas", BigInteger, nullable=False),
+)
+
 usage_snapshots = Table(
     "usage_snapshots",
     metadata,
