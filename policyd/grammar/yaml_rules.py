@@ -239,35 +239,33 @@ class _Source:
         return p
 
 
-# The field names of each dataclass met by _remap, None for any other type.
+# The field names of each type met by _remap: a dataclass's, None for any other type.
 _FIELDS: dict[type, tuple[str, ...] | None] = {}
 
 
 def _remap(node: NodeT, change: Callable[[Span], Span]) -> NodeT:
     """`node` with every Span in it (AST nodes, diagnostics) replaced by `change(span)`.
 
-    The node is made again from its fields in order (all are init fields): the
-    reader moves most expressions it reuses (see _Reader._parse_in_place) this way,
-    and `dataclasses.replace` took several times as long.
+    A node is made again from its fields in order (all are init fields). The reader
+    moves most of the expressions it reuses this way (_Reader._parse_in_place), so
+    this is quick: the type decides, once per type, and `dataclasses.replace` is not
+    used (it took several times as long).
     """
-    if isinstance(node, Span):
-        return change(node)  # type: ignore[return-value]
-    if isinstance(node, tuple):
-        return tuple(_remap(item, change) for item in node)  # type: ignore[return-value]
-    if isinstance(node, list):
-        return [_remap(item, change) for item in node]  # type: ignore[return-value]
     kind = type(node)
+    if kind is Span:
+        return change(node)  # type: ignore[arg-type]
     try:
         names = _FIELDS[kind]
     except KeyError:
-        names = _FIELDS[kind] = (
-            tuple(f.name for f in dataclasses.fields(kind))
-            if dataclasses.is_dataclass(kind)
-            else None
-        )
-    if names is None:
-        return node
-    return kind(*(_remap(getattr(node, name), change) for name in names))  # type: ignore[return-value]
+        is_node = dataclasses.is_dataclass(kind)
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind)) if is_node else None
+    if names is not None:
+        return kind(*[_remap(getattr(node, name), change) for name in names])
+    if isinstance(node, tuple):
+        return tuple([_remap(item, change) for item in node])  # type: ignore[return-value]
+    if isinstance(node, list):
+        return [_remap(item, change) for item in node]  # type: ignore[return-value]
+    return node
 
 
 def _is_bool(value: Any) -> bool:
