@@ -432,15 +432,27 @@ def types(ctx: CheckContext) -> list[Diagnostic]:
 
 
 def templates(ctx: CheckContext) -> list[Diagnostic]:
-    """`at` templates: known attributes, strftime formats, a path that stays relative."""
+    """`at` templates: known attributes, strftime formats, a path that stays relative.
+
+    A site's place rules share a few layouts, and whether a template has a mistake
+    depends on its text alone (the span only places the messages), so a text found
+    clean once is not checked again.
+    """
     out: list[Diagnostic] = []
+    clean: set[str] = set()
     for rule_file, _, statement in _statements(ctx):
         if not isinstance(statement, ast.Place) or statement.at is None:
             continue
         at = statement.at
-        out += check_template(
-            str(at.value), at.span, TEMPLATE, text_offset=_quote_width(rule_file, at.span)
+        text = str(at.value)
+        if text in clean:
+            continue
+        found = check_template(
+            text, at.span, TEMPLATE, text_offset=_quote_width(rule_file, at.span)
         )
+        if not found:
+            clean.add(text)
+        out += found
     return out
 
 

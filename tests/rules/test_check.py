@@ -414,6 +414,22 @@ def test_yaml_template_columns_point_at_the_placeholder(tmp_path: Path) -> None:
     ]
 
 
+def test_a_repeated_template_is_reported_wherever_it_is_wrong(tmp_path: Path) -> None:
+    """Templates found clean are not checked again; a wrong one is, at each place."""
+    rules = """\
+    rule a place files where true on voyager at "{station}/{file.path}"
+    rule b place files where true on voyager at "{file.szie}/{file.path}"
+    rule c place files where true on voyager at "{station}/{file.path}"
+    rule d place files where true on voyager at "{file.szie}/{file.path}"
+    """
+    site_with_rules(tmp_path, {"t.policy": rules})
+    found = besides_unused(check_site([tmp_path]).diagnostics)
+    assert [(d.code, d.span and (d.span.line, d.span.col)) for d in found] == [
+        ("unknown-attribute", (2, 47)),
+        ("unknown-attribute", (4, 47)),
+    ]
+
+
 def test_run_rule_with_keys_feed_the_workflow_variables(tmp_path: Path) -> None:
     rules = {
         "r.policy": """\
