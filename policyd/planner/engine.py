@@ -123,6 +123,46 @@ class FileRule:
 
 
 @dataclass
+class Matched:
+    """What one set of matching rules asks of a file, whatever the file."""
+
+    protected: list[FileRule]
+    expires: list[FileRule]  # selected
+    winner: FileRule | None  # the place rule whose layout and location win
+    releasing: set[str]  # locations a matching release or archive frees
+    wishes: list[FileRule]  # archive and replicate rules, in rule order
+    acts: list[FileRule]  # selected archive, release (without `when`) and run rules
+
+    @classmethod
+    def of(cls, matched: list[FileRule]) -> Matched:
+        places = [fr for fr in matched if fr.verb == "place"]
+        winner = max(places, key=lambda fr: (fr.rule.priority, -fr.rule.order), default=None)
+        releasing: set[str] = set()
+        for fr in matched:
+            s = fr.statement
+            if isinstance(s, model.Release):
+                releasing.update(s.from_)
+            elif isinstance(s, model.Archive):
+                releasing.update(s.release_from)
+        return cls(
+            protected=[fr for fr in matched if fr.verb == "protect"],
+            expires=[fr for fr in matched if fr.selected and fr.verb == "expire"],
+            winner=winner,
+            releasing=releasing,
+            wishes=[fr for fr in matched if fr.verb in ("archive", "replicate")],
+            acts=[
+                fr
+                for fr in matched
+                if fr.selected
+                and (
+                    fr.verb in ("archive", "run")
+                    or (fr.verb == "release" and fr.statement.when is None)  # type: ignore[union-attr]
+                )
+            ],
+        )
+
+
+@dataclass
 class Planned:
     """What the plan already does to one file, for the passes after the first."""
 
@@ -209,6 +249,7 @@ class Planner:
         )
         self.planned: dict[int, Planned] = {}
         self.templates: dict[str, Template] = {}
+        self.summaries: dict[tuple[int, ...], Matched] = {}
         self.error_keys: set[tuple[str, str | None, str | None, str]] = set()
         # storage changes made by the plan so far, and the storage-reading wheres lowered
         # at a given count of them
@@ -364,7 +405,7 @@ class Planner:
             views: dict[int, list[ReplicaView]] = {}
             for file_id, location_id, state, path, size, verified_at in conn.execute(
                 self.replica_query, {"ids": self.ids_value(ids)}
-            ):
+            ).all():
                 name = self.location_names.get(location_id)
                 if name is None:
                     continue
@@ -378,7 +419,7 @@ class Planner:
             if want_jobs:
                 for file_id, workflow, content in conn.execute(
                     self.job_query, {"ids": self.ids_value(ids)}
-                ):
+                ).all():
                     job_content.setdefault(file_id, set()).add((workflow, content))
             experiments_by_id = self.experiment_rows
             for values in batch:
@@ -446,10 +487,18 @@ class Planner:
             return bool(test(row))
         return fr.residual is None or bool(fr.residual(row))
 
+    def summary(self, matched: list[FileRule]) -> Matched:
+        """What a set of matching rules asks of a file, worked out once per set: most
+        files of a catalog match one of a few sets."""
+        key = tuple(fr.index for fr in matched)
+        found = self.summaries.get(key)
+        if found is None:
+            found = self.summaries[key] = Matched.of(matched)
+        return found
+
     def layout(self, row: Row, matched: list[FileRule]) -> tuple[FileRule | None, str]:
-        places = [fr for fr in matched if isinstance(fr.statement, model.Place)]
-        if places:
-            winner = max(places, key=lambda fr: (fr.rule.priority, -fr.rule.order))
+        winner = self.summary(matched).winner
+        if winner is not None:
             return winner, winner.statement.at  # type: ignore[union-attr]
         default = DEFAULT_LAYOUT if row.get("experiment.station") else NO_STATION_LAYOUT
         return None, default
@@ -458,26 +507,16 @@ class Planner:
         self, row: Row, matched: list[FileRule], reps: dict[str, Replica]
     ) -> dict[str, list[FileRule]]:
         """Location -> the rules that want a replica there, first wish first (the locks)."""
+        m = self.summary(matched)
         want: dict[str, list[FileRule]] = {}
-        winner, _ = self.layout(row, matched)
-        if winner is not None:
-            want.setdefault(winner.statement.on, []).append(winner)  # type: ignore[union-attr]
-        releasing = {
-            location
-            for fr in matched
-            if isinstance(fr.statement, model.Release | model.Archive)
-            for location in (
-                fr.statement.from_
-                if isinstance(fr.statement, model.Release)
-                else fr.statement.release_from
-            )
-        }
-        for fr in matched:
+        if m.winner is not None:
+            want[m.winner.statement.on] = [m.winner]  # type: ignore[union-attr]
+        for fr in m.wishes:
             s = fr.statement
             if isinstance(s, model.Archive):
                 want.setdefault(s.to, []).append(fr)
-            elif isinstance(s, model.Replicate):
-                for location in self.replicate_targets(s, reps, want, releasing):
+            else:
+                for location in self.replicate_targets(s, reps, want, m.releasing):  # type: ignore[arg-type]
                     want.setdefault(location, []).append(fr)
         return want
 
@@ -508,11 +547,11 @@ class Planner:
     def plan_file(self, row: Row, flags: Sequence[bool]) -> None:
         reps = {r.location: r for r in row["_replicas"]}
         matched = self.matching(row, flags)
-        protected = [fr for fr in matched if isinstance(fr.statement, model.Protect)]
+        m = self.summary(matched)
+        protected = m.protected
         pinned = (row.get("experiment.pinned_until") or 0) > self.now
 
-        expires = [fr for fr in matched if fr.selected and isinstance(fr.statement, model.Expire)]
-        if any(self.plan_expire(fr, row, reps, protected, pinned) for fr in expires):
+        if any(self.plan_expire(fr, row, reps, protected, pinned) for fr in m.expires):
             self.planned[row["file.id"]] = Planned(expired=True)
             return
 
@@ -533,9 +572,7 @@ class Planner:
             if acting is not None:
                 self.plan_replica(acting, row, reps, location, layout, state)
 
-        for fr in matched:
-            if not fr.selected:
-                continue
+        for fr in m.acts:
             s = fr.statement
             if isinstance(s, model.Archive):
                 archived = (
@@ -546,7 +583,7 @@ class Planner:
                         self.plan_delete(
                             fr, row, reps, location, want, protected, pinned, state, s.notify
                         )
-            elif isinstance(s, model.Release) and s.when is None:
+            elif isinstance(s, model.Release):
                 for location in s.from_:
                     self.plan_delete(
                         fr, row, reps, location, want, protected, pinned, state, s.notify
