@@ -172,23 +172,31 @@ class _StateLexers(dict[int, _StateLexer]):
         this regex skips before a token; after it, the first alternative that matches
         wins, as in lark. A word that is one of the state's keywords becomes that
         keyword, as lark's UnlessCallback makes it. A lexer set up otherwise (another
-        kind of callback, keywords with flags) matches nothing: lark reads the text.
+        kind of callback, keywords with flags, another lark) matches nothing: lark
+        reads the text.
         """
-        scanner = lexer.scanner  # building it makes lexer.callback
-        callbacks = lexer.callback
-        if not all(
-            isinstance(c, UnlessCallback) and not any(t.pattern.flags for t in c.scanner.terminals)
-            for c in callbacks.values()
-        ):
-            return _StateLexer(_no_match, {}, frozenset())
-        terminals = [t for t in scanner.terminals if t.name not in lexer.ignore_types]
-        alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
-        pattern = self._re.compile(f"{self._ignored}(?:{alternatives})?", lexer.g_regex_flags)
-        keywords = {
-            str(name): {str(t.pattern.value): str(t.name) for t in callback.scanner.terminals}
-            for name, callback in callbacks.items()
-        }
-        return _StateLexer(pattern.match, keywords, lexer.newline_types)
+        unread = _StateLexer(_no_match, {}, frozenset())
+        try:
+            scanner = lexer.scanner  # building it makes lexer.callback
+            callbacks = lexer.callback
+            if not all(
+                isinstance(c, UnlessCallback)
+                and not any(t.pattern.flags for t in c.scanner.terminals)
+                for c in callbacks.values()
+            ):
+                return unread
+            terminals = [t for t in scanner.terminals if t.name not in lexer.ignore_types]
+            alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
+            flags = lexer.g_regex_flags
+            keywords = {
+                str(name): {str(t.pattern.value): str(t.name) for t in callback.scanner.terminals}
+                for name, callback in callbacks.items()
+            }
+            newline_types = frozenset(lexer.newline_types)
+        except (AttributeError, TypeError):  # a lark whose lexers are built otherwise
+            return unread
+        pattern = self._re.compile(f"{self._ignored}(?:{alternatives})?", flags)
+        return _StateLexer(pattern.match, keywords, newline_types)
 
 
 class _Reduction(NamedTuple):
@@ -321,8 +329,16 @@ class _QuickParser:
 
 @cache
 def _quick_parser() -> _QuickParser | None:
+    """The quick parser over _parser()'s tables, or None where lark is not as it expects.
+
+    It reads lark's internals (those of lark 1.3); a lark whose objects differ gets
+    no quick parser rather than a failing one, and every parse is lark's own.
+    """
     parser = _parser()
-    return _QuickParser(parser) if _QuickParser.fits(parser) else None
+    try:
+        return _QuickParser(parser) if _QuickParser.fits(parser) else None
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 # ---- spans

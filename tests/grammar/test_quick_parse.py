@@ -154,3 +154,28 @@ def test_no_terminal_starts_like_ignored_text() -> None:
         pattern = re.compile(terminal.pattern.to_regexp())
         for start in (" ", "\t", "\f", "\r", "\n", "#"):
             assert pattern.match(start + "x") is None, terminal.name
+
+
+def test_a_state_it_does_not_read_goes_to_lark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state lexer set up otherwise than the loop expects matches nothing: lark parses."""
+    quick = dsl._QuickParser(dsl._parser())
+    unread = dsl._StateLexer(dsl._no_match, {}, frozenset())
+    monkeypatch.setattr(quick._lexers, "_build", lambda lexer: unread)
+    dsl._INLINE.builder = dsl._Builder(dsl._Origin("r.policy"), [])
+    try:
+        with pytest.raises(dsl._Mistake):
+            quick.parse(EXAMPLE, "start")
+    finally:
+        dsl._INLINE.builder = None
+    with lark_only():
+        expected = parse_policy_partial(EXAMPLE, "r.policy")
+    monkeypatch.setattr(dsl, "_quick_parser", lambda: quick)
+    assert parse_policy_partial(EXAMPLE, "r.policy") == expected
+
+
+def test_another_lark_gets_no_quick_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(lark: object) -> bool:
+        raise AttributeError("no such internal")
+
+    monkeypatch.setattr(dsl._QuickParser, "fits", staticmethod(missing))
+    assert dsl._quick_parser.__wrapped__() is None
