@@ -97,6 +97,12 @@ class Executor:
         """The locations the action uses, for the per-location parallelism limits."""
         return tuple(v for v in (step.get("source"), step.get("target")) if v)
 
+    def known(self, step: Step) -> Result | None:
+        """The outcome of an action that needs no work now (a verify of the bytes its
+        copy checked as it wrote them), or None. The runner records it at once, without
+        a worker: it takes no slot of `--parallel`."""
+        return None
+
     def execute(self, step: Step) -> Result:
         """The work, in a worker thread, without the catalog (unlocked executors)."""
         raise ActionFailed(f"{self.kind} runs inside the catalog transaction", retryable=False)

@@ -25,12 +25,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from policyd.actions import acl_posix, globus, removal, stores, transfer  # noqa: F401  (they register their executors)
@@ -42,6 +43,21 @@ from policyd.catalog.schema import experiments, files
 from policyd.planner import fingerprint
 
 log = logging.getLogger("policyd.apply")
+
+_SET_STATE = (
+    update(actions_table)
+    .where(
+        actions_table.c.plan_id == bindparam("b_plan"),
+        actions_table.c.action_id == bindparam("b_action"),
+    )
+    .values(
+        state=bindparam("state"),
+        attempts=bindparam("attempts"),
+        last_error=bindparam("last_error"),
+        not_before=bindparam("not_before"),
+        updated_at=bindparam("updated_at"),
+    )
+)
 
 FINAL = frozenset({"done", "suspended", "refused"})
 
@@ -92,10 +108,31 @@ class Runner:
         self.backoff = float(retry.backoff)
         self.max_backoff = float(retry.max_backoff)
         self.random = random.Random(ctx.plan_id)
+        self._entries: list[ledger.Entry] | None = None
+        self._states: list[dict[str, Any]] | None = None
+        self._scopes: dict[tuple[str, str | None], tuple[int | None, int | None]] = {}
+        self._orphans_unchecked = True
+        self.dependents: dict[str, list[ActionState]] = {}
+        self._executor_of: dict[str, Executor] = {}
 
     # ---- the actions table and the ledger
 
-    def _event(self, conn: Connection, event: str, step: Step, **payload: Any) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A catalog transaction; the ledger events and action states gathered in it
+        (`_event`, `_set_state`) are written at its end, in one statement each."""
+        with self.ctx.engine.begin() as conn:
+            self._entries, self._states = [], []
+            try:
+                yield conn
+                ledger.append_all(conn, self._entries)
+                if self._states:
+                    conn.execute(_SET_STATE, self._states)
+            finally:
+                self._entries = self._states = None
+
+    def _event(self, event: str, step: Step, **payload: Any) -> None:
+        assert self._entries is not None, "events are written in a runner transaction"
         body = {
             "kind": step.kind,
             "rule": step.get("rule"),
@@ -104,30 +141,29 @@ class Runner:
             "target": step.get("target"),
             **payload,
         }
-        ledger.append(
-            conn,
-            event,
-            at=self.ctx.now(),
-            plan_id=self.ctx.plan_id,
-            action_id=step.id,
-            actor="apply",
-            payload=body,
+        self._entries.append(
+            ledger.Entry(
+                event,
+                at=self.ctx.now(),
+                plan_id=self.ctx.plan_id,
+                action_id=step.id,
+                actor="apply",
+                payload=body,
+            )
         )
 
-    def _set_state(self, conn: Connection, state: ActionState) -> None:
-        conn.execute(
-            update(actions_table)
-            .where(
-                actions_table.c.plan_id == self.ctx.plan_id,
-                actions_table.c.action_id == state.step.id,
-            )
-            .values(
-                state=state.state,
-                attempts=state.attempts,
-                last_error=state.last_error,
-                not_before=state.not_before or None,
-                updated_at=self.ctx.now(),
-            )
+    def _set_state(self, state: ActionState) -> None:
+        assert self._states is not None, "states are written in a runner transaction"
+        self._states.append(
+            {
+                "b_plan": self.ctx.plan_id,
+                "b_action": state.step.id,
+                "state": state.state,
+                "attempts": state.attempts,
+                "last_error": state.last_error,
+                "not_before": state.not_before or None,
+                "updated_at": self.ctx.now(),
+            }
         )
 
     def load(self) -> None:
@@ -168,6 +204,9 @@ class Runner:
                         }
                     )
                 self.states[step.id] = state
+            for state in self.states.values():
+                for dep in state.step.get("after", []):
+                    self.dependents.setdefault(dep, []).append(state)
             if new_rows:
                 conn.execute(insert(actions_table), new_rows)
                 ledger.append(
@@ -220,6 +259,12 @@ class Runner:
 
     def executor(self, step: Step) -> Executor:
         """The executor for this action's kind and the URL schemes of its locations."""
+        found = self._executor_of.get(step.id)
+        if found is None:
+            found = self._executor_of[step.id] = self._find_executor(step)
+        return found
+
+    def _find_executor(self, step: Step) -> Executor:
         locations = self.ctx.config.locations
         schemes = frozenset(
             locations[name].scheme
@@ -273,13 +318,21 @@ class Runner:
                 if not (pending or running or finished or settling):
                     break
                 starting: list[tuple[Executor, list[ActionState]]] = []
+                known: list[tuple[ActionState, Result]] = []
                 for state in pending:
-                    if len(running) + len(starting) >= parallel or not self._ready(state, now):
+                    if len(running) + len(starting) >= parallel:
+                        break
+                    if not self._ready(state, now):
                         continue
                     try:
                         executor = self.executor(state.step)
                     except ActionFailed as exc:
                         self._finish_failure(state, exc)
+                        continue
+                    outcome = executor.known(state.step)
+                    if outcome is not None:
+                        self._start(state)
+                        known.append((state, outcome))
                         continue
                     used = executor.locations(state.step)
                     if any(busy[loc] >= limits.get(loc, parallel) for loc in used):
@@ -292,6 +345,8 @@ class Runner:
                         self._start(member)
                     busy.update(used)
                     starting.append((executor, group))
+                if known:
+                    self._record_known(self._record_batch(known, [None] * len(known), started=True))
                 if starting:
                     self._record_running([m for _, group in starting for m in group])
                     for executor, group in starting:
@@ -306,13 +361,15 @@ class Runner:
                     )
                     for future in done:
                         if future is settling:
-                            self._record_batch(settling_batch, settling.result())
+                            self._record_known(
+                                self._record_batch(settling_batch, settling.result())
+                            )
                             settling, settling_batch = None, []
                             continue
                         group = running.pop(future)
                         busy.subtract(self.executor(group[0].step).locations(group[0].step))
                         finished += self._outcomes(group, future)
-                elif not any(self._ready(s, self.ctx.now()) for s in self.states.values()):
+                elif not known and not any(self._ready(s, self.ctx.now()) for s in pending):
                     time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
         return self.report
 
@@ -325,14 +382,19 @@ class Runner:
         return max(0.01, min(waiting)) if waiting else 0.5
 
     def _skip_orphans(self) -> None:
-        """Actions waiting for one that will not happen in this apply are left planned."""
-        for state in self.states.values():
-            if state.state == "planned":
-                dep = self._blocked_by(state)
-                if dep is not None:
-                    state.state = "waiting"
-                    self.report.counts["waiting"] += 1
-                    self.report.problems.append(f"{state.step.id} not run: it waits for {dep}")
+        """Actions waiting for one that will not happen in this apply are left planned.
+        Only an action that ended suspended or refused makes new ones: the walk over
+        every action waits for that (it ran once per completion, for every action)."""
+        while self._orphans_unchecked:
+            self._orphans_unchecked = False
+            for state in self.states.values():
+                if state.state == "planned":
+                    dep = self._blocked_by(state)
+                    if dep is not None:
+                        state.state = "waiting"
+                        self._orphans_unchecked = True  # its own dependents, next pass
+                        self.report.counts["waiting"] += 1
+                        self.report.problems.append(f"{state.step.id} not run: it waits for {dep}")
 
     def _start(self, state: ActionState) -> None:
         state.state = "running"
@@ -341,10 +403,10 @@ class Runner:
     def _record_running(self, states: list[ActionState]) -> None:
         """The `running` events of the actions about to start, in one transaction, before
         any of them touches storage (a resumed apply removes what they leave)."""
-        with self.ctx.engine.begin() as conn:
+        with self._transaction():
             for state in states:
-                self._event(conn, "running", state.step, attempt=state.attempts)
-                self._set_state(conn, state)
+                self._event("running", state.step, attempt=state.attempts)
+                self._set_state(state)
 
     def _mark_running(self, state: ActionState) -> None:
         self._start(state)
@@ -353,8 +415,8 @@ class Runner:
     def _run_locked(self, executor: Executor, state: ActionState) -> None:
         self._mark_running(state)
         try:
-            with self.ctx.engine.begin() as conn:
-                scope = _scope(conn, state.step)
+            with self._transaction() as conn:
+                scope = self._scope(conn, state.step)
                 before = fingerprint.aggregates(conn, *scope)
                 result = executor.apply(conn, state.step)
                 self._done(conn, state, result, _delta(conn, scope, before))
@@ -405,38 +467,67 @@ class Runner:
         return executed
 
     def _record_batch(
-        self, batch: list[tuple[ActionState, Result]], settled: list[ActionFailed | None]
-    ) -> None:
+        self,
+        batch: list[tuple[ActionState, Result]],
+        settled: list[ActionFailed | None],
+        *,
+        started: bool = False,
+    ) -> list[ActionState]:
         """Record settled actions, all in one transaction (each with its own events and
-        fingerprint difference). When one of them cannot be recorded the transaction is
-        rolled back and each is recorded on its own, so the others still are."""
-        ready = []
+        fingerprint difference); `started`: their `running` events too, for outcomes
+        known without work. When one of them cannot be recorded the transaction is
+        rolled back and each is recorded on its own, so the others still are. Returns
+        the actions now done."""
+        ready: list[tuple[ActionState, Result]] = []
         for (state, result), error in zip(batch, settled, strict=True):
             if error is None:
                 ready.append((state, result))
             else:
                 self._finish_failure(state, error)
         if not ready:
-            return
+            return []
         try:
-            with self.ctx.engine.begin() as conn:
-                problems = [self._record(conn, state, result) for state, result in ready]
+            with self._transaction() as conn:
+                problems = [
+                    self._record(conn, state, result, started=started) for state, result in ready
+                ]
         except Exception:
             for state, _ in ready:
                 state.state = "running"
             for state, result in ready:
-                self._record_one(state, result)
-            return
+                self._record_one(state, result, started=started)
+            return [state for state, _ in ready if state.state == "done"]
         for (state, result), problem in zip(ready, problems, strict=True):
             if problem is None:
                 self._after_done(state, result)
             else:
                 self._finish_failure(state, problem)
+        return [state for state, _ in ready if state.state == "done"]
 
-    def _record_one(self, state: ActionState, result: Result) -> None:
+    def _record_known(self, done: list[ActionState]) -> None:
+        """The actions that `done` ones made ready and whose outcome needs no work
+        (`Executor.known`: the verify after a copy), recorded at once, without waiting
+        for a worker; and so on for what those make ready."""
+        while done:
+            now = self.ctx.now()
+            known: list[tuple[ActionState, Result]] = []
+            for state in done:
+                for dependent in self.dependents.get(state.step.id, ()):
+                    if not self._ready(dependent, now):
+                        continue
+                    try:
+                        outcome = self.executor(dependent.step).known(dependent.step)
+                    except ActionFailed:
+                        continue  # the main loop records that
+                    if outcome is not None:
+                        self._start(dependent)
+                        known.append((dependent, outcome))
+            done = self._record_batch(known, [None] * len(known), started=True) if known else []
+
+    def _record_one(self, state: ActionState, result: Result, *, started: bool = False) -> None:
         try:
-            with self.ctx.engine.begin() as conn:
-                problem = self._record(conn, state, result)
+            with self._transaction() as conn:
+                problem = self._record(conn, state, result, started=started)
             if problem is not None:
                 raise problem
         except ActionFailed as exc:
@@ -447,28 +538,42 @@ class Runner:
             return
         self._after_done(state, result)
 
-    def _record(self, conn: Connection, state: ActionState, result: Result) -> ActionFailed | None:
-        """An executed action's catalog change and its `done` event; a copy that found
-        its source corrupt records that and comes back as the failure it is."""
+    def _record(
+        self, conn: Connection, state: ActionState, result: Result, *, started: bool = False
+    ) -> ActionFailed | None:
+        """An executed action's catalog change and its `done` event (`started`: after its
+        `running` event); a copy that found its source corrupt records that and comes
+        back as the failure it is."""
+        if started:
+            self._event("running", state.step, attempt=state.attempts)
         problem = transfer.mismatch_error(result)
-        scope = _scope(conn, state.step)
+        scope = self._scope(conn, state.step)
         before = fingerprint.aggregates(conn, *scope)
         self.executor(state.step).record(conn, state.step, result)
         delta = _delta(conn, scope, before)
         if problem is None:
             self._done(conn, state, result, delta)
         elif any(delta):
-            self._event(conn, "recorded", state.step, delta=delta, note=result.note)
+            self._event("recorded", state.step, delta=delta, note=result.note)
         return problem
+
+    def _scope(self, conn: Connection, step: Step) -> tuple[int | None, int | None]:
+        """The file and experiment an action changes, for its fingerprint difference
+        (remembered: a file's ids do not change while the apply holds the catalog)."""
+        key = (step.get("experiment"), step.get("file") or None)
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = _scope(conn, step)
+            if scope != (None, None):
+                self._scopes[key] = scope
+        return scope
 
     def _done(self, conn: Connection, state: ActionState, result: Result, delta: list[int]) -> None:
         state.state = "done"
         state.last_error = None
         facts = _facts(result)
-        self._event(
-            conn, "done", state.step, bytes=result.bytes, note=result.note, delta=delta, **facts
-        )
-        self._set_state(conn, state)
+        self._event("done", state.step, bytes=result.bytes, note=result.note, delta=delta, **facts)
+        self._set_state(state)
 
     def _after_done(self, state: ActionState, result: Result) -> None:
         self.report.counts["done"] += 1
@@ -491,9 +596,11 @@ class Runner:
             state.state, event = "planned", "failed"
             delay = min(self.max_backoff, self.backoff * 2 ** (state.attempts - 1))
             state.not_before = self.ctx.now() + delay * (0.5 + self.random.random() / 2)
-        with self.ctx.engine.begin() as conn:
-            self._event(conn, event, state.step, attempt=state.attempts, error=exc.message)
-            self._set_state(conn, state)
+        with self._transaction():
+            self._event(event, state.step, attempt=state.attempts, error=exc.message)
+            self._set_state(state)
+        if state.state != "planned":
+            self._orphans_unchecked = True
         label = {"planned": "failed", "suspended": "suspended", "refused": "refused"}[state.state]
         self.report.counts["retried" if state.state == "planned" else label] += 1
         step = state.step

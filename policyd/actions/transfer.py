@@ -146,10 +146,16 @@ class Verify(Executor):
     def locations(self, step: Step) -> tuple[str, ...]:
         return (step.get("target"),)
 
-    def execute(self, step: Step) -> Result:
+    def known(self, step: Step) -> Result | None:
         key = (step.get("experiment"), step.get("file"), step.get("target"))
         if key in self.ctx.verified_by_copy and not self.ctx.options.paranoid:
             return Result({"by_copy": True}, "verified by the copy that wrote it")
+        return None
+
+    def execute(self, step: Step) -> Result:
+        by_copy = self.known(step)
+        if by_copy is not None:
+            return by_copy
         store = self.ctx.store(step.get("target"))
         with self.ctx.engine.connect() as conn:
             facts = cat.find_file(conn, step.get("experiment"), step.get("file"))

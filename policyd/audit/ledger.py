@@ -15,7 +15,7 @@ the end. The last hash printed by `ledger verify` is the anchor to keep elsewher
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,6 +50,18 @@ def _hash(prev_hash: str, record: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + record).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An event to append: everything but its place in the chain."""
+
+    event: str
+    at: float
+    plan_id: str | None = None
+    action_id: str | None = None
+    actor: str | None = None
+    payload: Mapping[str, Any] | None = None
+
+
 def append(
     conn: Connection,
     event: str,
@@ -61,6 +73,15 @@ def append(
     payload: Mapping[str, Any] | None = None,
 ) -> Event:
     """Append one event inside the caller's transaction."""
+    return append_all(conn, [Entry(event, at, plan_id, action_id, actor, payload)])[0]
+
+
+def append_all(conn: Connection, entries: Sequence[Entry]) -> list[Event]:
+    """Append events, in order, inside the caller's transaction: the chain's end is
+    read once and the rows go in one statement (an apply records many actions at a
+    time, four statements per event were most of its catalog work)."""
+    if not entries:
+        return []
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK})
     elif conn.dialect.name == "sqlite":
@@ -70,34 +91,52 @@ def append(
     last = conn.execute(
         select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
     ).first()
-    seq = 1 if last is None else int(last[0]) + 1
+    seq = 0 if last is None else int(last[0])
     prev_hash = GENESIS if last is None else str(last[1])
-    body = dict(payload or {})
-    fields = {
-        "seq": seq,
-        "at": at,
-        "event": event,
-        "actor": actor,
-        "plan_id": plan_id,
-        "action_id": action_id,
-        "payload": body,
-    }
-    record = _record(fields)
-    digest = _hash(prev_hash, record)
-    conn.execute(
-        insert(audit_events).values(
-            seq=seq,
-            at=at,
-            event=event,
-            actor=actor,
-            plan_id=plan_id,
-            action_id=action_id,
-            prev_hash=prev_hash,
-            hash=digest,
-            record=record.decode(),
+    rows: list[dict[str, Any]] = []
+    appended: list[Event] = []
+    for entry in entries:
+        seq += 1
+        body = dict(entry.payload or {})
+        fields = {
+            "seq": seq,
+            "at": entry.at,
+            "event": entry.event,
+            "actor": entry.actor,
+            "plan_id": entry.plan_id,
+            "action_id": entry.action_id,
+            "payload": body,
+        }
+        record = _record(fields)
+        digest = _hash(prev_hash, record)
+        rows.append(
+            {
+                "seq": seq,
+                "at": entry.at,
+                "event": entry.event,
+                "actor": entry.actor,
+                "plan_id": entry.plan_id,
+                "action_id": entry.action_id,
+                "prev_hash": prev_hash,
+                "hash": digest,
+                "record": record.decode(),
+            }
         )
-    )
-    return Event(seq, at, event, actor, plan_id, action_id, body, digest)
+        appended.append(
+            Event(
+                seq,
+                entry.at,
+                entry.event,
+                entry.actor,
+                entry.plan_id,
+                entry.action_id,
+                body,
+                digest,
+            )
+        )
+        prev_hash = digest
+    conn.execute(insert(audit_events), rows)
+    return appended
 
 
 def events(conn: Connection, plan_id: str | None = None, since_seq: int = 0) -> Iterator[Event]:
