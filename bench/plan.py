@@ -161,7 +161,11 @@ def _replay(dbapi: Any, statement: Statement, name: str, server_side: bool) -> t
     cursor = dbapi.cursor(name) if server_side else dbapi.cursor()
     cursor.execute(sql, params)
     rows = 0
-    while cursor.description is not None and (chunk := cursor.fetchmany(BATCH)):
+    # a server-side cursor has a description only once fetched; a client-side one
+    # without a description ran a statement that returns no rows (SET)
+    while (server_side or cursor.description is not None) and (
+        chunk := cursor.fetchmany(BATCH)
+    ):
         rows += len(chunk)
     cursor.close()
     return time.perf_counter() - began, rows
