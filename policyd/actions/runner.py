@@ -113,6 +113,8 @@ class Runner:
         self._scopes: dict[tuple[str, str | None], tuple[int | None, int | None]] = {}
         self._orphans_unchecked = True
         self.dependents: dict[str, list[ActionState]] = {}
+        self.order: list[ActionState] = []
+        self.position: dict[str, int] = {}
         self._executor_of: dict[str, Executor] = {}
 
     # ---- the actions table and the ledger
@@ -207,6 +209,10 @@ class Runner:
             for state in self.states.values():
                 for dep in state.step.get("after", []):
                     self.dependents.setdefault(dep, []).append(state)
+            # the largest copies first: the workers then end together on small files,
+            # not one of them alone on the last large one
+            self.order = sorted(self.states.values(), key=_largest_copies_first)
+            self.position = {step.id: index for index, step in enumerate(steps)}
             if new_rows:
                 conn.execute(insert(actions_table), new_rows)
                 ledger.append(
@@ -298,6 +304,10 @@ class Runner:
     def run(self) -> RunReport:
         self.load()
         parallel = max(1, self.ctx.options.parallel)
+        # Each worker has its next action waiting: it starts it as it finishes one,
+        # without waiting for this thread, which may be recording a batch. A location's
+        # own `parallel` caps what is handed over, so it caps what runs at once too.
+        depth = 2 * parallel
         limits = {
             name: loc.parallel for name, loc in self.ctx.config.locations.items() if loc.parallel
         }
@@ -307,6 +317,8 @@ class Runner:
         finished: list[tuple[ActionState, Result]] = []
         settling: Future[list[ActionFailed | None]] | None = None
         settling_batch: list[tuple[ActionState, Result]] = []
+        # outcomes known without work (`Executor.known`), started, to be recorded
+        known: list[tuple[ActionState, Result]] = []
         with (
             ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="policyd-io") as pool,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyd-settle") as settler,
@@ -314,13 +326,12 @@ class Runner:
             while True:
                 now = self.ctx.now()
                 self._skip_orphans()
-                pending = [s for s in self.states.values() if s.state == "planned"]
-                if not (pending or running or finished or settling):
+                pending = [s for s in self.order if s.state == "planned"]
+                if not (pending or running or finished or settling or known):
                     break
                 starting: list[tuple[Executor, list[ActionState]]] = []
-                known: list[tuple[ActionState, Result]] = []
                 for state in pending:
-                    if len(running) + len(starting) >= parallel:
+                    if len(running) + len(starting) >= depth:
                         break
                     if not self._ready(state, now):
                         continue
@@ -335,7 +346,7 @@ class Runner:
                         known.append((state, outcome))
                         continue
                     used = executor.locations(state.step)
-                    if any(busy[loc] >= limits.get(loc, parallel) for loc in used):
+                    if any(busy[loc] >= limits.get(loc, depth) for loc in used):
                         continue
                     if executor.locked:
                         self._run_locked(executor, state)
@@ -345,10 +356,11 @@ class Runner:
                         self._start(member)
                     busy.update(used)
                     starting.append((executor, group))
-                if known:
-                    self._record_known(self._record_batch(known, [None] * len(known), started=True))
-                if starting:
-                    self._record_running([m for _, group in starting for m in group])
+                recorded = bool(known)
+                if known or starting:
+                    started = [m for _, group in starting for m in group]
+                    done = self._record_started(known, started)
+                    known = self._known_after(done)
                     for executor, group in starting:
                         running[pool.submit(_execute, executor, [m.step for m in group])] = group
                 if settling is None and finished:
@@ -356,20 +368,19 @@ class Runner:
                     settling = settler.submit(_settle, [r for _, r in settling_batch])
                 futures: list[Future[Any]] = [*running, *([settling] if settling else [])]
                 if futures:
-                    done, _ = wait(
+                    completed, _ = wait(
                         futures, timeout=self._wait_time(now), return_when=FIRST_COMPLETED
                     )
-                    for future in done:
+                    for future in completed:
                         if future is settling:
-                            self._record_known(
-                                self._record_batch(settling_batch, settling.result())
-                            )
+                            done = self._record_batch(settling_batch, settling.result())
+                            known += self._known_after(done)
                             settling, settling_batch = None, []
                             continue
                         group = running.pop(future)
                         busy.subtract(self.executor(group[0].step).locations(group[0].step))
                         finished += self._outcomes(group, future)
-                elif not known and not any(self._ready(s, self.ctx.now()) for s in pending):
+                elif not recorded and not any(self._ready(s, self.ctx.now()) for s in pending):
                     time.sleep(max(0.0, min(self._wait_time(self.ctx.now()), 1.0)))
         return self.report
 
@@ -432,7 +443,8 @@ class Runner:
         self, executor: Executor, state: ActionState, pending: list[ActionState], now: float
     ) -> list[ActionState]:
         """`state`, and for an executor that batches, the other ready actions of its kind
-        on the same locations (so the same executor), up to `executor.batch`."""
+        on the same locations (so the same executor), up to `executor.batch`, in the
+        plan's order."""
         group = [state]
         used = executor.locations(state.step)
         for other in pending:
@@ -445,7 +457,7 @@ class Runner:
                 and executor.locations(other.step) == used
             ):
                 group.append(other)
-        return group
+        return sorted(group, key=lambda member: self.position[member.step.id])
 
     def _outcomes(
         self, group: list[ActionState], future: Future[list[Result | ActionFailed]]
@@ -470,12 +482,9 @@ class Runner:
         self,
         batch: list[tuple[ActionState, Result]],
         settled: list[ActionFailed | None],
-        *,
-        started: bool = False,
     ) -> list[ActionState]:
         """Record settled actions, all in one transaction (each with its own events and
-        fingerprint difference); `started`: their `running` events too, for outcomes
-        known without work. When one of them cannot be recorded the transaction is
+        fingerprint difference). When one of them cannot be recorded the transaction is
         rolled back and each is recorded on its own, so the others still are. Returns
         the actions now done."""
         ready: list[tuple[ActionState, Result]] = []
@@ -488,14 +497,12 @@ class Runner:
             return []
         try:
             with self._transaction() as conn:
-                problems = [
-                    self._record(conn, state, result, started=started) for state, result in ready
-                ]
+                problems = [self._record(conn, state, result) for state, result in ready]
         except Exception:
             for state, _ in ready:
                 state.state = "running"
             for state, result in ready:
-                self._record_one(state, result, started=started)
+                self._record_one(state, result)
             return [state for state, _ in ready if state.state == "done"]
         for (state, result), problem in zip(ready, problems, strict=True):
             if problem is None:
@@ -504,25 +511,54 @@ class Runner:
                 self._finish_failure(state, problem)
         return [state for state, _ in ready if state.state == "done"]
 
-    def _record_known(self, done: list[ActionState]) -> None:
+    def _known_after(self, done: list[ActionState]) -> list[tuple[ActionState, Result]]:
         """The actions that `done` ones made ready and whose outcome needs no work
-        (`Executor.known`: the verify after a copy), recorded at once, without waiting
-        for a worker; and so on for what those make ready."""
-        while done:
-            now = self.ctx.now()
-            known: list[tuple[ActionState, Result]] = []
-            for state in done:
-                for dependent in self.dependents.get(state.step.id, ()):
-                    if not self._ready(dependent, now):
-                        continue
-                    try:
-                        outcome = self.executor(dependent.step).known(dependent.step)
-                    except ActionFailed:
-                        continue  # the main loop records that
-                    if outcome is not None:
-                        self._start(dependent)
-                        known.append((dependent, outcome))
-            done = self._record_batch(known, [None] * len(known), started=True) if known else []
+        (`Executor.known`: the verify after a copy), started: the next transaction
+        records them, without a worker, even while every worker is busy."""
+        now = self.ctx.now()
+        known: list[tuple[ActionState, Result]] = []
+        for state in done:
+            for dependent in self.dependents.get(state.step.id, ()):
+                if not self._ready(dependent, now):
+                    continue
+                try:
+                    outcome = self.executor(dependent.step).known(dependent.step)
+                except ActionFailed:
+                    continue  # the main loop records that
+                if outcome is not None:
+                    self._start(dependent)
+                    known.append((dependent, outcome))
+        return known
+
+    def _record_started(
+        self, known: list[tuple[ActionState, Result]], started: list[ActionState]
+    ) -> list[ActionState]:
+        """One transaction: the outcomes known without work (their `running` and `done`
+        events) and the `running` events of the actions about to be handed to workers,
+        before any of them touches storage (a resumed apply removes what they leave).
+        Returns the actions now done. When a known outcome cannot be recorded, each is
+        recorded on its own, as in `_record_batch`."""
+        try:
+            with self._transaction() as conn:
+                problems = [self._record(conn, s, result, started=True) for s, result in known]
+                for state in started:
+                    self._event("running", state.step, attempt=state.attempts)
+                    self._set_state(state)
+        except Exception:
+            if not known:
+                raise  # the catalog is gone: nothing may start
+            for state, _ in known:
+                state.state = "running"
+            for state, result in known:
+                self._record_one(state, result, started=True)
+            self._record_running(started)
+            return [state for state, _ in known if state.state == "done"]
+        for (state, result), problem in zip(known, problems, strict=True):
+            if problem is None:
+                self._after_done(state, result)
+            else:
+                self._finish_failure(state, problem)
+        return [state for state, _ in known if state.state == "done"]
 
     def _record_one(self, state: ActionState, result: Result, *, started: bool = False) -> None:
         try:
@@ -611,6 +647,10 @@ class Runner:
             self.report.problems.append(f"{message} [{label}]")
         if self.progress is not None:
             self.progress(label, state.step, None)
+
+
+def _largest_copies_first(state: ActionState) -> int:
+    return -(state.step.get("bytes") or 0) if state.step.kind == "copy" else 0
 
 
 def _settle(results: list[Result]) -> list[ActionFailed | None]:
