@@ -98,8 +98,9 @@ class Executor:
         return tuple(v for v in (step.get("source"), step.get("target")) if v)
 
     def known(self, step: Step) -> Result | None:
-        """The outcome of an action that needs no work now (a verify of the bytes its
-        copy checked as it wrote them), or None. The runner records it at once, without
+        """The outcome of an action that needs no work now and changes nothing in the
+        catalog (a verify of the bytes its copy checked as it wrote them), or None. The
+        runner records it at once by its events alone (`record` is not called), without
         a worker: it takes no slot of `--parallel`."""
         return None
 

@@ -430,7 +430,7 @@ class Runner:
                 scope = self._scope(conn, state.step)
                 before = fingerprint.aggregates(conn, *scope)
                 result = executor.apply(conn, state.step)
-                self._done(conn, state, result, _delta(conn, scope, before))
+                self._done(state, result, _delta(conn, scope, before))
         except ActionFailed as exc:
             self._finish_failure(state, exc)
             return
@@ -540,7 +540,7 @@ class Runner:
         recorded on its own, as in `_record_batch`."""
         try:
             with self._transaction() as conn:
-                problems = [self._record(conn, s, result, started=True) for s, result in known]
+                problems = [self._record(conn, s, result, known=True) for s, result in known]
                 for state in started:
                     self._event("running", state.step, attempt=state.attempts)
                     self._set_state(state)
@@ -550,7 +550,7 @@ class Runner:
             for state, _ in known:
                 state.state = "running"
             for state, result in known:
-                self._record_one(state, result, started=True)
+                self._record_one(state, result, known=True)
             self._record_running(started)
             return [state for state, _ in known if state.state == "done"]
         for (state, result), problem in zip(known, problems, strict=True):
@@ -560,10 +560,10 @@ class Runner:
                 self._finish_failure(state, problem)
         return [state for state, _ in known if state.state == "done"]
 
-    def _record_one(self, state: ActionState, result: Result, *, started: bool = False) -> None:
+    def _record_one(self, state: ActionState, result: Result, *, known: bool = False) -> None:
         try:
             with self._transaction() as conn:
-                problem = self._record(conn, state, result, started=started)
+                problem = self._record(conn, state, result, known=known)
             if problem is not None:
                 raise problem
         except ActionFailed as exc:
@@ -575,20 +575,22 @@ class Runner:
         self._after_done(state, result)
 
     def _record(
-        self, conn: Connection, state: ActionState, result: Result, *, started: bool = False
+        self, conn: Connection, state: ActionState, result: Result, *, known: bool = False
     ) -> ActionFailed | None:
-        """An executed action's catalog change and its `done` event (`started`: after its
-        `running` event); a copy that found its source corrupt records that and comes
-        back as the failure it is."""
-        if started:
+        """An executed action's catalog change and its `done` event; `known`: an outcome
+        known without work, its `running` and `done` events alone. A copy that found its
+        source corrupt records that and comes back as the failure it is."""
+        if known:
             self._event("running", state.step, attempt=state.attempts)
+            self._done(state, result, None)
+            return None
         problem = transfer.mismatch_error(result)
         scope = self._scope(conn, state.step)
         before = fingerprint.aggregates(conn, *scope)
         self.executor(state.step).record(conn, state.step, result)
         delta = _delta(conn, scope, before)
         if problem is None:
-            self._done(conn, state, result, delta)
+            self._done(state, result, delta)
         elif any(delta):
             self._event("recorded", state.step, delta=delta, note=result.note)
         return problem
@@ -604,11 +606,15 @@ class Runner:
                 self._scopes[key] = scope
         return scope
 
-    def _done(self, conn: Connection, state: ActionState, result: Result, delta: list[int]) -> None:
+    def _done(self, state: ActionState, result: Result, delta: list[int] | None) -> None:
+        """Its `done` event, with what it changed in the fingerprint sums (None: an
+        outcome known without work, which changed nothing)."""
         state.state = "done"
         state.last_error = None
         facts = _facts(result)
-        self._event("done", state.step, bytes=result.bytes, note=result.note, delta=delta, **facts)
+        if delta is not None:
+            facts["delta"] = delta
+        self._event("done", state.step, bytes=result.bytes, note=result.note, **facts)
         self._set_state(state)
 
     def _after_done(self, state: ActionState, result: Result) -> None:

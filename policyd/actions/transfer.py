@@ -111,7 +111,9 @@ class Copy(Executor):
         if result.facts.get("mismatch"):
             cat.mark_replica(conn, facts.id, ids[step.get("source")], "corrupt", now)
             return
-        md5 = cat.set_md5_if_unknown(conn, facts.id, result.facts["md5"])
+        md5 = facts.md5  # read under the row's lock: the copy checked against it
+        if md5 is None:
+            md5 = cat.set_md5_if_unknown(conn, facts.id, result.facts["md5"])
         if md5 != result.facts["md5"]:
             raise ActionFailed("another read set a different md5 meanwhile", retryable=True)
         cat.put_replica(
