@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from policyd.catalog.db import open_catalog
-from policyd.catalog.schema import metadata
+from policyd.catalog.schema import SPEC_TABLES, metadata
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -71,7 +71,8 @@ def pg_database() -> Iterator[str]:
 
 def truncate_pg(url: str) -> None:
     engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    # the digest of the sums' triggers describes the schema, not the data: it stays
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables if t.name not in SPEC_TABLES)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     engine.dispose()

@@ -31,7 +31,7 @@ from policyd.actions.runner import Progress, Runner, RunReport, plan_id_of
 from policyd.audit import ledger
 from policyd.catalog.schema import actions as actions_table
 from policyd.catalog.schema import locations, usage_snapshots
-from policyd.catalog.usage import fold_usage
+from policyd.catalog.sums import fold_catalog
 from policyd.planner import fingerprint
 from policyd.planner.schema import PlanFile
 from policyd.planner.storage import StorageState
@@ -212,7 +212,7 @@ def apply_plan(
             report = Runner(ctx, plan.data, progress).run()
         finally:
             ctx.close()  # the connections of sftp:// locations
-        fold_usage(engine)
+        fold_catalog(engine)
         record_usage(engine, config, ctx.now())
         record_alarms_and_notices(ctx, plan.data, report)
     return report

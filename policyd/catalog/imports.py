@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 from policyd.catalog.importers import ImportReport, ImportUsageError, import_records
 from policyd.catalog.scan import ScanReport, scan_location
-from policyd.catalog.usage import fold_usage
+from policyd.catalog.sums import fold_catalog
 from policyd.diagnostics import Diagnostic
 
 # Which options make sense for which kind; anything else is refused, not ignored.
@@ -85,7 +85,7 @@ def run_import(
         no_config=no_config,
         progress=progress,
     )
-    fold_usage(engine)
+    fold_catalog(engine)
     refresh_statistics(engine)
     return reports
 

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+#: The count and term sums columns of catalog_sums (policyd.catalog.sums).
+SUM_VALUES = ("n", "c1", "c2", "c3", "c4", "c5")
 REPLICA_STATES = ("present", "verified", "missing", "corrupt")
 #: A workflow job's status (spec/rules.md section 8; policyd/actions/workflow.py).
 JOB_STATUSES = ("pending", "running", "done", "failed", "aborted", "timeout")
@@ -138,6 +140,34 @@ usage_changes = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("replicas", BigInteger, nullable=False),
 )
+
+# The plan fingerprint's sums per table (policyd.catalog.sums, migration 0005): totals,
+# the changes triggers append, and the digest of the terms the triggers were made from.
+catalog_sums = Table(
+    "catalog_sums",
+    metadata,
+    Column("tbl", Integer, primary_key=True, autoincrement=False),
+    *(Column(c, BigInteger, nullable=False, server_default="0") for c in SUM_VALUES),
+)
+
+catalog_sum_changes = Table(
+    "catalog_sum_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("tbl", Integer, nullable=False),
+    *(Column(c, BigInteger, nullable=False, server_default="0") for c in SUM_VALUES),
+)
+
+catalog_sums_spec = Table(
+    "catalog_sums_spec",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+)
+
+#: Tables the triggers keep from the others, and the one that says how they were made:
+#: emptying a catalog (tests) deletes the data first, then these, never the spec.
+DERIVED_TABLES = ("catalog_sums", "catalog_sum_changes", "usage_totals", "usage_changes")
+SPEC_TABLES = ("catalog_sums_spec",)
 
 usage_snapshots = Table(
     "usage_snapshots",

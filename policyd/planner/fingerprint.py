@@ -1,9 +1,10 @@
 """The catalog fingerprint a plan carries, so `apply` can refuse a stale plan.
 
 It is a hash of per-table sums that any insert, delete or update of the state a plan
-reads moves (counts, id sums, sizes, times, replica states), computed by the database
-in one pass per table instead of reading rows into Python. Every sum is an integer
-(times are cast to whole seconds), so the sums are exact and *linear*: the sums over
+reads moves (counts, id sums, sizes, times, replica states), which the catalog's
+triggers keep (policyd/catalog/sums.py) so that reading them costs a few rows. Every
+sum is an integer (times are cast to whole seconds), so the sums are exact and
+*linear*: the sums over
 one file's rows before and after an action, subtracted, are exactly what that action
 changed. `apply` records that difference with each action in the ledger, and a
 resumed plan is accepted when today's sums minus its own actions' differences hash to
@@ -18,115 +19,50 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Engine,
-    bindparam,
-    case,
-    cast,
-    func,
-    literal,
-    select,
-)
+from sqlalchemy import Engine, bindparam, literal, select
 from sqlalchemy.engine import Connection
 
-from policyd.catalog.schema import experiments, files, grants, jobs, notices, replicas
+from policyd.catalog.schema import files, grants, jobs, notices, replicas
+from policyd.catalog.sums import TERMS, WIDTHS, catalog_sums_now, table_sums
 
-_STATE_CODE = case(
-    (replicas.c.state == "verified", 1),
-    (replicas.c.state == "present", 2),
-    (replicas.c.state == "missing", 3),
-    else_=4,
-)
-
-
-def _whole(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    return cast(column, BigInteger)
-
-
-def _sums(*columns: ColumnElement[Any]) -> list[ColumnElement[Any]]:
-    return [func.count(), *(func.coalesce(func.sum(c), 0) for c in columns)]
+#: The column each scoped table's rows are narrowed by: a file's rows, an experiment's.
+_SCOPE = {
+    "files": ("file", files.c.id),
+    "replicas": ("file", replicas.c.file_id),
+    "jobs": ("file", jobs.c.file_id),
+    "grants": ("experiment", grants.c.experiment_id),
+    "notices": ("experiment", notices.c.experiment_id),
+}
 
 
 @cache
 def _queries(file_scope: bool, experiment_scope: bool) -> tuple[Any, ...]:
-    """One query per table, built once per scope (a plan's apply runs them twice per
-    action); scoped ones take the `file_id` and `experiment_id` parameters, and a table
-    outside the scope is None: its sums do not change."""
-    scoped = file_scope or experiment_scope
-    file_id, experiment_id = bindparam("file_id"), bindparam("experiment_id")
-    out: list[Any] = [
-        None
-        if scoped
-        else select(
-            *_sums(
-                experiments.c.id,
-                _whole(experiments.c.end),
-                _whole(experiments.c.pinned_until),
-                func.length(experiments.c.station),
-            )
-        )
-    ]
-    by_file = [
-        (
-            select(
-                *_sums(
-                    files.c.id,
-                    files.c.size,
-                    _whole(files.c.modified),
-                    func.length(files.c.md5),
-                    _whole(files.c.expired_at),
-                )
-            ),
-            files.c.id,
-        ),
-        (
-            select(
-                *_sums(
-                    replicas.c.id * _STATE_CODE,
-                    replicas.c.location_id * replicas.c.file_id,
-                    _whole(replicas.c.verified_at),
-                    func.length(replicas.c.path),
-                )
-            ),
-            replicas.c.file_id,
-        ),
-        (select(*_sums(func.length(jobs.c.id))), jobs.c.file_id),
-    ]
-    by_experiment = [
-        (select(*_sums(grants.c.id)), grants.c.experiment_id),
-        (select(*_sums(_whole(notices.c.sent_at))), notices.c.experiment_id),
-    ]
-    for query, column in by_file:
-        out.append(query if not scoped else query.where(column == file_id) if file_scope else None)
-    for query, column in by_experiment:
-        if not scoped:
-            out.append(query)
-        else:
-            out.append(query.where(column == experiment_id) if experiment_scope else None)
+    """One query per table (policyd.catalog.sums.TERMS), built once per scope (a plan's
+    apply runs them twice per action); scoped ones take the `file_id` and
+    `experiment_id` parameters, and a table outside the scope is None: its sums do not
+    change."""
+    params = {"file": bindparam("file_id"), "experiment": bindparam("experiment_id")}
+    wanted = {"file": file_scope, "experiment": experiment_scope}
+    out: list[Any] = []
+    for name in TERMS:
+        scope = _SCOPE.get(name)
+        if scope is None or not wanted[scope[0]]:
+            out.append(None)
+            continue
+        out.append(select(*table_sums(name)).where(scope[1] == params[scope[0]]))
     return tuple(out)
-
-
-_WIDTHS = (5, 6, 5, 2, 2, 2)
 
 
 def aggregates(
     conn: Connection, file_id: int | None = None, experiment_id: int | None = None
 ) -> list[int]:
-    """The sums, whole catalog or one file's and experiment's rows."""
+    """The sums: the whole catalog's (as its triggers keep them), or one file's and
+    experiment's rows (scanned)."""
+    if file_id is None and experiment_id is None:
+        return catalog_sums_now(conn)
     params = {"file_id": file_id, "experiment_id": experiment_id}
-    scoped = file_id is not None or experiment_id is not None
     queries = _queries(file_id is not None, experiment_id is not None)
-    if scoped:
-        return [int(v) for v in conn.execute(_one_query(queries), params).one()]
-    out: list[int] = []
-    for query, width in zip(queries, _WIDTHS, strict=True):
-        if query is None:
-            out += [0] * width
-        else:
-            out += [int(v) for v in conn.execute(query).one()]
-    return out
+    return [int(v) for v in conn.execute(_one_query(queries), params).one()]
 
 
 @cache
@@ -134,7 +70,7 @@ def _one_query(queries: tuple[Any, ...]) -> Any:
     """The scoped sums in one round trip: each table's sums as scalar subqueries (the
     scoped tables are small per file, and apply asks twice per action)."""
     columns: list[Any] = []
-    for query, width in zip(queries, _WIDTHS, strict=True):
+    for query, width in zip(queries, WIDTHS, strict=True):
         if query is None:
             columns += [literal(0)] * width
             continue

