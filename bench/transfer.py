@@ -160,7 +160,7 @@ def main() -> int:
         runs = f"({cp_before:.2f} s, {cp_after:.2f} s)"
         print(f"cp -r + sync (mean of 2):  {cp_time:7.2f} s  {cp_rate:8.1f} MB/s  {runs}")
         label = f"policyd apply --parallel {args.parallel}:"
-        print(f"{label} {apply_time:7.2f} s  {rate:8.1f} MB/s  (md5, fsync per file, ledger)")
+        print(f"{label} {apply_time:7.2f} s  {rate:8.1f} MB/s  (md5, fsync of every file, ledger)")
         print(f"ratio policyd / cp+sync:   {rate / cp_rate:7.2f}   (goal >= 0.9)")
     finally:
         if args.keep is None:
