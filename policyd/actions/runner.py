@@ -60,6 +60,9 @@ _SET_STATE = (
 )
 
 FINAL = frozenset({"done", "suspended", "refused"})
+#: Executed actions waiting for the settler, at most: no more start while it catches up
+#: (one settle, and the transaction after it, stay short).
+MAX_UNSETTLED = 1000
 
 
 def plan_id_of(plan_bytes: bytes) -> str:
@@ -331,7 +334,7 @@ class Runner:
                     break
                 starting: list[tuple[Executor, list[ActionState]]] = []
                 for state in pending:
-                    if len(running) + len(starting) >= depth:
+                    if len(running) + len(starting) >= depth or len(finished) >= MAX_UNSETTLED:
                         break
                     if not self._ready(state, now):
                         continue

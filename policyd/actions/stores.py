@@ -44,12 +44,12 @@ class Written:
 @dataclass(frozen=True)
 class Landed:
     """A copy in its temporary file, checked against the file's md5 and size, but not
-    yet durable nor in place; `fd` is open on it until `settle`."""
+    yet durable nor in place until `settle`. No file stays open meanwhile: thousands
+    of small copies may finish during one slow fsync."""
 
     written: Written
     temp: Path
     final: Path
-    fd: int
 
 
 class FileStat(Protocol):
@@ -327,7 +327,8 @@ class LocalStore:
             if isinstance(exc, OSError):
                 raise _write_error(exc, temp) from None
             raise
-        return Landed(written, temp, final, fd)
+        os.close(fd)
+        return Landed(written, temp, final)
 
     def remove(self, rel: str) -> bool:
         """Delete `rel`; False when it was already gone."""
@@ -357,13 +358,11 @@ def settle(landed: Sequence[Landed]) -> list[ActionFailed | None]:
     errors: list[ActionFailed | None] = [None] * len(landed)
     for index, item in enumerate(landed):
         try:
-            os.fsync(item.fd)
+            _fsync_file(item.temp)
             os.replace(item.temp, item.final)
         except OSError as exc:
             item.temp.unlink(missing_ok=True)
             errors[index] = _write_error(exc, item.temp)
-        finally:
-            os.close(item.fd)
     folders: dict[Path, list[int]] = {}
     for index, item in enumerate(landed):
         if errors[index] is None:
@@ -594,6 +593,16 @@ def _write_error(exc: OSError, path: Path) -> ActionFailed:
     if isinstance(exc, PermissionError):
         return ActionFailed(f"cannot write {path} (permission denied)", retryable=False)
     return ActionFailed(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync through a descriptor of its own: the file's written data and its inode go
+    to disk whichever descriptor wrote them."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
