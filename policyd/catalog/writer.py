@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError
 
 from policyd.catalog.bulk import Bulk
+from policyd.catalog.kept import bulk_batch
 from policyd.catalog.records import ExperimentRow, FileRow
 from policyd.catalog.schema import experiments, files, locations, replicas, stations
 
@@ -278,8 +279,12 @@ class FileStore:
                 execute_arrays(conn, self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
             else:
                 bulk = Bulk(conn)
-                bulk.execute(self.file_stmt, FILE_COLUMNS, files_)
-                bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
+                keys = [(row[0], row[1]) for row in files_]
+                with bulk_batch(conn) as kept:
+                    kept.before(list(file_ids(bulk, keys).values()))
+                    bulk.execute(self.file_stmt, FILE_COLUMNS, files_)
+                    bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
+                    kept.after(list(file_ids(bulk, keys).values()))
 
     def store(self, batch: FileBatch) -> None:
         try:

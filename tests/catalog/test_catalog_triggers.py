@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,7 +29,7 @@ from policyd.catalog.schema import (
     replicas,
     usage_changes,
 )
-from policyd.catalog.sums import fold_catalog, kept_sums, scanned_sums
+from policyd.catalog.sums import catalog_sums_now, fold_catalog, kept_sums, scanned_sums
 from policyd.catalog.usage import fold_usage, usage_sums
 
 STATES = ["present", "verified", "corrupt", "missing"]
@@ -260,9 +261,15 @@ def test_sums_made_from_other_terms_are_not_trusted(catalog_url: str) -> None:
     engine = open_catalog(catalog_url)
     seed(engine, 3)
     with engine.begin() as conn:
+        digest = conn.execute(select(catalog_sums_spec.c.digest)).scalar_one()
         conn.execute(update(catalog_sums_spec).values(digest="0" * 64))
-    with engine.connect() as conn:
-        assert kept_sums(conn) is None
+    try:
+        with engine.connect() as conn:
+            assert kept_sums(conn) is None
+            assert catalog_sums_now(conn) == scanned_sums(conn)
+    finally:  # the PostgreSQL database serves the whole session
+        with engine.begin() as conn:
+            conn.execute(update(catalog_sums_spec).values(digest=digest))
     engine.dispose()
 
 
@@ -365,3 +372,42 @@ def test_upgrading_an_older_catalog_fills_masks_and_totals(tmp_path: Path) -> No
     assert stored_masks(engine) == {1: (8, 8), 2: (0, 0)}
     assert stored_usage(engine) == {(3, 1, 50, 1)}
     engine.dispose()
+
+
+def test_an_import_keeps_what_the_triggers_keep(site_dir: Path, engine: Engine) -> None:
+    """On SQLite an import's batches switch the triggers off and recompute: masks,
+    usage and sums end as the tables say, through new files, re-imports that change
+    sizes and states, and a record the database refuses (written one at a time)."""
+    from tests.catalog.helpers import SMITH, cli, file_record, write_jsonl
+
+    def replicas_of(i: int, verified: bool) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = [
+            {"location": "daq-8idi", "path": f"8IDI/S/f{i}.tif", "verified": verified}
+        ]
+        if i % 3 == 0:
+            out.append({"location": "voyager", "path": f"8IDI/S/f{i}.tif"})
+        return out
+
+    first = [SMITH] + [
+        file_record(f"f{i}.tif", size=100 + i, replicas=replicas_of(i, i % 2 == 0))
+        for i in range(30)
+    ]
+    again = [SMITH] + [
+        file_record(f"f{i}.tif", size=200 + i, replicas=replicas_of(i, True)) for i in range(10, 40)
+    ]
+    # a size SQLite cannot hold: the database refuses the batch, written again one by one
+    too_big = orjson.dumps(file_record("bad.tif", size=1)).replace(
+        b'"fileSize":1', b'"fileSize":1' + b"0" * 20
+    )
+    for n, records in enumerate((first, again)):
+        source = write_jsonl(site_dir / f"c{n}.jsonl", records)
+        if n == 1:
+            source.write_bytes(source.read_bytes() + too_big + b"\n")
+        result = cli("catalog", "import", "jsonl", source, "-c", site_dir / "policyd.yaml")
+        assert result.exit_code in (0, 1), result.output
+        assert stored_masks(engine) == expected_masks(engine)
+        assert stored_usage(engine) == expected_usage(engine)
+        with engine.connect() as conn:
+            assert kept_sums(conn) == scanned_sums(conn)
+    assert any(v for v, _ in stored_masks(engine).values())
+    assert len(expected_usage(engine)) == 2  # daq-8idi and voyager
