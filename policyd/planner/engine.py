@@ -877,11 +877,21 @@ class Planner:
         return self.plan
 
     def file_pass(self, conn: Connection) -> None:
-        candidates = [
-            c for fr in self.file_rules if fr.selected and (c := self._candidate(fr)) is not None
-        ]
-        if not candidates:
+        by_station: dict[str | None, list[ColumnElement[bool]]] = {}
+        for fr in self.file_rules:
+            if fr.selected and (c := self._candidate(fr)) is not None:
+                by_station.setdefault(fr.rule.station, []).append(c)
+        if not by_station:
             return
+        # A station's rules behind one test of the station (their own conditions test
+        # it again): a file is checked against its own station's rules only, where a
+        # flat OR would try every rule of every station on it.
+        candidates = [
+            or_(*conditions)
+            if station is None
+            else and_(experiments.c.station == station, or_(*conditions))
+            for station, conditions in by_station.items()
+        ]
         query = self.file_query(or_(*candidates)).order_by(files.c.id)
         for count, (row, flags) in enumerate(self.rows(conn, query), 1):
             self.plan_file(row, flags)
