@@ -12,6 +12,7 @@ soon as the first copy is in place leaves a catalog that a resumed apply complet
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -40,6 +41,7 @@ from tests.actions.sitekit import (
     expected_storage,
     fork_apply,
     kill_after,
+    ledger_events,
     make_site,
     storage_files,
     temp_leftovers,
@@ -220,4 +222,23 @@ def test_a_kill_once_the_first_copy_is_in_place_then_resume(tmp_path: Path) -> N
     assert temp_leftovers(site) == []
     assert set(done_events(engine).values()) == {1}
     assert cli("ledger", "verify", "-c", site.config).exit_code == 0
+    site.close()
+
+
+def test_paranoid_settles_each_copy_and_reads_it_back(tmp_path: Path) -> None:
+    """--paranoid: a copy is put in place before it is read back, and the verify after
+    it reads the file again instead of taking the copy's word."""
+    site, plan = many_files_site(tmp_path / "site")
+    applied = site.apply(plan, "--paranoid")
+    assert applied.exit_code == 0, applied.output
+    assert storage_files(site) == expected_storage(site)
+    assert temp_leftovers(site) == []
+    verifies = [
+        json.loads(e["record"])["payload"]
+        for e in ledger_events(site.engine(), "done")
+        if json.loads(e["record"])["payload"]["kind"] == "verify"
+    ]
+    planned = json.loads(plan.read_bytes())["actions"]
+    assert len(verifies) == sum(a["kind"] == "verify" for a in planned) > 0
+    assert all("by_copy" not in v and v["md5"] == v["expected"] for v in verifies)
     site.close()
