@@ -1,12 +1,12 @@
 """A bulk writer's batch on SQLite: the triggers stand aside, the batch recomputes.
 
 SQLite's triggers run per row: for an import that is four more statements per replica
-and three quarters more time. Inside a transaction that holds the row of
-`catalog_bulk` they do nothing (the row never commits, so no other writer sees it);
-the batch instead reads, before and after its writes, the usage and the fingerprint
-sums of its own files, appends the differences, and sets its files' masks, a few
-set-based statements per batch. What the catalog keeps ends the same as if every
-trigger had run. PostgreSQL's statement triggers already work per batch and stay on.
+and three quarters more time. A batch drops them inside its own transaction and makes
+them again before it commits. It reads, before and after its writes, the usage and
+the fingerprint sums of its own files, appends the differences, and writes its files'
+masks: a few set-based statements per batch. What the catalog keeps ends the same as
+if every trigger had run. PostgreSQL's statement triggers already work per batch and
+stay on.
 """
 
 from __future__ import annotations
@@ -20,18 +20,17 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     case,
-    delete,
     func,
     insert,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
 
 from policyd.catalog.schema import (
     SUM_VALUES,
-    catalog_bulk,
     catalog_sum_changes,
     files,
     replicas,
@@ -56,22 +55,34 @@ def _listed(ids: list[int]) -> Any:
     )
 
 
-def _usage(conn: Connection, ids: list[int]) -> Usage:
+Scope = tuple[list[int], int | None]  # files by id, and the files above an id
+
+
+def _files_in(column: ColumnElement[Any], scope: Scope) -> ColumnElement[bool]:
+    ids, above = scope
+    return column.in_(_listed(ids)) if above is None else column > above
+
+
+def _usage(conn: Connection, scope: Scope) -> Usage:
     size = func.coalesce(replicas.c.size, files.c.size, 0)
+    # grouped by `location_id + 0`: grouped by the column itself, SQLite walks the
+    # (location_id, state) index of every replica to save a sort, and the batch's
+    # few files then cost a scan of the whole table
+    location = (replicas.c.location_id + 0).label("location_id")
     query = (
-        select(replicas.c.location_id, files.c.experiment_id, func.sum(size), func.count())
+        select(location, files.c.experiment_id, func.sum(size), func.count())
         .join(files, files.c.id == replicas.c.file_id)
-        .where(replicas.c.file_id.in_(_listed(ids)), replicas.c.state != "missing")
-        .group_by(replicas.c.location_id, files.c.experiment_id)
+        .where(_files_in(replicas.c.file_id, scope), replicas.c.state != "missing")
+        .group_by(location, files.c.experiment_id)
     )
     return {(loc, exp): (int(b), int(n)) for loc, exp, b, n in conn.execute(query)}
 
 
-def _sums(conn: Connection, ids: list[int]) -> Sums:
-    scope = {"files": files.c.id, "replicas": replicas.c.file_id}
+def _sums(conn: Connection, scope: Scope) -> Sums:
+    columns = {"files": files.c.id, "replicas": replicas.c.file_id}
     out = {}
     for index, name in _WRITTEN.items():
-        query = select(*table_sums(name)).where(scope[name].in_(_listed(ids)))
+        query = select(*table_sums(name)).where(_files_in(columns[name], scope))
         out[index] = [int(v) for v in conn.execute(query).one()]
     return out
 
@@ -88,55 +99,95 @@ def _mask(states: tuple[str, ...]) -> ColumnElement[Any]:
     return func.coalesce(total, 0)
 
 
+def masks(states: list[tuple[int, str]]) -> tuple[int, int]:
+    """(verified_on, held_on) of a file whose replicas are `states` (location id,
+    state): what a new file's row is written with."""
+    verified = held = 0
+    for location_id, state in states:
+        if location_id < MASKED_IDS:
+            bit = 1 << location_id
+            verified |= bit if state == "verified" else 0
+            held |= bit if state in _HELD else 0
+    return verified, held
+
+
 class Batch:
-    """The files a batch touches, before and after its writes."""
+    """A batch's files: those that existed, by id, read before and after its writes;
+    the new ones, whose ids are above the largest before it (SQLite gives a new row
+    the largest id plus one, and the batch holds the write lock), read after."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.old: list[int] = []
         self.usage: Usage = {}
         self.sums: Sums = {}
+        self.last = conn.execute(select(func.coalesce(func.max(files.c.id), 0))).scalar_one()
 
     def before(self, ids: list[int]) -> None:
-        self.usage = _usage(self.conn, ids)
-        self.sums = _sums(self.conn, ids)
+        """`ids`: the batch's files that exist already."""
+        self.old = ids
+        if ids:
+            self.usage = _usage(self.conn, (ids, None))
+            self.sums = _sums(self.conn, (ids, None))
 
-    def after(self, ids: list[int]) -> None:
+    def after(self) -> None:
         conn = self.conn
-        usage = _usage(conn, ids)
+        new: Scope = ([], self.last)
+        usage = _usage(conn, new)
+        sums = _sums(conn, new)
+        if self.old:
+            old: Scope = (self.old, None)
+            for key, (b, n) in _usage(conn, old).items():
+                b0, n0 = usage.get(key, (0, 0))
+                usage[key] = (b0 + b, n0 + n)
+            for index, values in _sums(conn, old).items():
+                sums[index] = [a + b for a, b in zip(sums[index], values, strict=True)]
+            # new rows were written with their masks; the old ones may have changed
+            conn.execute(
+                update(files)
+                .where(files.c.id.in_(_listed(self.old)))
+                .values(verified_on=_mask(("verified",)), held_on=_mask(_HELD))
+            )
         changes = []
         for key in sorted(set(usage) | set(self.usage)):
-            bytes_now, count_now = usage.get(key, (0, 0))
-            bytes_then, count_then = self.usage.get(key, (0, 0))
-            if (bytes_now, count_now) != (bytes_then, count_then):
+            now, then = usage.get(key, (0, 0)), self.usage.get(key, (0, 0))
+            if now != then:
                 changes.append(
                     {
                         "location_id": key[0],
                         "experiment_id": key[1],
-                        "bytes": bytes_now - bytes_then,
-                        "replicas": count_now - count_then,
+                        "bytes": now[0] - then[0],
+                        "replicas": now[1] - then[1],
                     }
                 )
         if changes:
             conn.execute(insert(usage_changes), changes)
-        for index, now in _sums(conn, ids).items():
-            difference = [
-                a - b for a, b in zip(now, self.sums.get(index, [0] * len(now)), strict=True)
-            ]
+        for index, now_sums in sums.items():
+            then_sums = self.sums.get(index, [0] * len(now_sums))
+            difference = [a - b for a, b in zip(now_sums, then_sums, strict=True)]
             if any(difference):
                 row = dict(zip(SUM_VALUES, difference, strict=False))
                 conn.execute(insert(catalog_sum_changes).values(tbl=index, **row))
-        conn.execute(
-            update(files)
-            .where(files.c.id.in_(_listed(ids)))
-            .values(verified_on=_mask(("verified",)), held_on=_mask(_HELD))
-        )
 
 
 @contextmanager
 def bulk_batch(conn: Connection) -> Iterator[Batch]:
-    """Within the caller's transaction: the triggers off for the block, which calls
-    `before` with the ids of the files it will write that exist and `after` with all
-    of them once written."""
-    conn.execute(insert(catalog_bulk).values(id=1))
+    """Within the caller's transaction, the triggers on files and replicas dropped for
+    the block and made again after it: SQLite's DDL is transactional and the batch
+    holds the write lock, so no other connection ever sees the catalog without them.
+    The block calls `before` with the ids of the files it will write that exist,
+    writes new files with their `masks`, and calls `after` once written."""
+    triggers = conn.execute(
+        select(literal_column("name"), literal_column("sql"))
+        .select_from(text("sqlite_master"))
+        .where(
+            literal_column("type") == "trigger",
+            literal_column("tbl_name").in_(["files", "replicas"]),
+        )
+        .order_by(literal_column("name"))
+    ).all()
+    for name, _ in triggers:
+        conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
     yield Batch(conn)
-    conn.execute(delete(catalog_bulk))
+    for _, sql in triggers:
+        conn.exec_driver_sql(sql)

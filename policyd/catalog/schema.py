@@ -164,10 +164,6 @@ catalog_sums_spec = Table(
     Column("digest", String(64), primary_key=True),
 )
 
-# Holds a row only inside a bulk writer's transaction: SQLite's triggers stand aside
-# while it does, and the writer recomputes what they keep (policyd.catalog.kept).
-catalog_bulk = Table("catalog_bulk", metadata, Column("id", Integer, primary_key=True))
-
 #: Tables the triggers keep from the others, and the one that says how they were made:
 #: emptying a catalog (tests) deletes the data first, then these, never the spec.
 DERIVED_TABLES = (
@@ -175,7 +171,6 @@ DERIVED_TABLES = (
     "catalog_sum_changes",
     "usage_totals",
     "usage_changes",
-    "catalog_bulk",
 )
 SPEC_TABLES = ("catalog_sums_spec",)
 

@@ -127,10 +127,6 @@ def _insert_columns(width: int) -> str:
     return "INSERT INTO catalog_sum_changes (tbl, " + ", ".join(_VALUES[:width]) + ")"
 
 
-#: SQLite's triggers stand aside for a bulk writer's batch (see migration 0003).
-NOT_BULK: Final = "NOT EXISTS (SELECT 1 FROM catalog_bulk)"
-
-
 def _sqlite_triggers(index: int, name: str) -> list[str]:
     dialect = sqlite.dialect()
     insert = _insert_columns(WIDTHS[index])
@@ -145,12 +141,12 @@ def _sqlite_triggers(index: int, name: str) -> list[str]:
     changed = " OR ".join(f"({a}) IS NOT ({b})" for a, b in zip(raw_new, raw_old, strict=True))
     differences = [f"({a}) - ({b})" for a, b in zip(new, old, strict=True)]
     return [
-        f"CREATE TRIGGER {name}_sums_insert AFTER INSERT ON {name} WHEN {NOT_BULK} BEGIN\n"
+        f"CREATE TRIGGER {name}_sums_insert AFTER INSERT ON {name} BEGIN\n"
         f"  {insert} VALUES ({index}, 1, {', '.join(new)});\nEND",
-        f"CREATE TRIGGER {name}_sums_delete AFTER DELETE ON {name} WHEN {NOT_BULK} BEGIN\n"
+        f"CREATE TRIGGER {name}_sums_delete AFTER DELETE ON {name} BEGIN\n"
         f"  {insert} VALUES ({index}, -1, {', '.join(f'-({v})' for v in old)});\nEND",
         f"CREATE TRIGGER {name}_sums_update AFTER UPDATE ON {name}\n"
-        f"WHEN ({changed}) AND {NOT_BULK} BEGIN\n"
+        f"WHEN {changed} BEGIN\n"
         f"  {insert} VALUES ({index}, 0, {', '.join(differences)});\nEND",
     ]
 

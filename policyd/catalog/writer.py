@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError
 
 from policyd.catalog.bulk import Bulk
-from policyd.catalog.kept import bulk_batch
+from policyd.catalog.kept import bulk_batch, masks
 from policyd.catalog.records import ExperimentRow, FileRow
 from policyd.catalog.schema import experiments, files, locations, replicas, stations
 
@@ -110,6 +110,9 @@ FILE_COLUMNS = (
     "meta",
 )
 REPLICA_COLUMNS = ("file_id", "location_id", "path", "state", "verified_at")
+# A new file's replica masks, written with it by SQLite imports (policyd.catalog.kept);
+# an upsert of a file that exists leaves its masks to be recomputed.
+MASK_COLUMNS = ("verified_on", "held_on")
 
 
 def replica_values(
@@ -218,12 +221,15 @@ def file_ids(bulk: Bulk, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str
 @dataclass(frozen=True)
 class FileBatch:
     """Rows ready for the database: FILE_COLUMNS and REPLICA_BY_PATH_COLUMNS tuples,
-    the input line of each file row, and for each replica row the index of its file."""
+    the input line of each file row, for each replica row the index of its file, and
+    each file row's MASK_COLUMNS as its replicas make them (what SQLite writes for a
+    new file)."""
 
     files: list[tuple[Any, ...]]
     replicas: list[tuple[Any, ...]]
     lines: list[int]
     owners: list[int]
+    masks: list[tuple[int, int]]
 
 
 # (input line, why the database refused it, how many replica rows went with it)
@@ -269,7 +275,12 @@ class FileStore:
                 self.file_stmt = file_upsert(conn)
                 self.replica_stmt = replica_upsert_by_path(conn)
 
-    def write(self, files_: list[tuple[Any, ...]], replicas_: list[tuple[Any, ...]]) -> None:
+    def write(
+        self,
+        files_: list[tuple[Any, ...]],
+        replicas_: list[tuple[Any, ...]],
+        masks_: list[tuple[int, int]],
+    ) -> None:
         """Files first, so each replica finds its file's id in the same transaction."""
         with self.engine.begin() as conn:
             if self.postgres:
@@ -279,16 +290,17 @@ class FileStore:
                 execute_arrays(conn, self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
             else:
                 bulk = Bulk(conn)
-                keys = [(row[0], row[1]) for row in files_]
                 with bulk_batch(conn) as kept:
+                    keys = [(row[0], row[1]) for row in files_]
                     kept.before(list(file_ids(bulk, keys).values()))
-                    bulk.execute(self.file_stmt, FILE_COLUMNS, files_)
+                    rows = [row + mask for row, mask in zip(files_, masks_, strict=True)]
+                    bulk.execute(self.file_stmt, FILE_COLUMNS + MASK_COLUMNS, rows)
                     bulk.execute(self.replica_stmt, REPLICA_BY_PATH_COLUMNS, replicas_)
-                    kept.after(list(file_ids(bulk, keys).values()))
+                    kept.after()
 
     def store(self, batch: FileBatch) -> None:
         try:
-            self.write(batch.files, batch.replicas)
+            self.write(batch.files, batch.replicas, batch.masks)
         except (*ROW_ERRORS, DBAPIError) as exc:
             if not row_error(exc):
                 raise
@@ -304,7 +316,7 @@ class FileStore:
         for index, (row, line) in enumerate(zip(batch.files, batch.lines, strict=True)):
             replica_rows = by_owner.get(index, [])
             try:
-                self.write([row], replica_rows)
+                self.write([row], replica_rows, [batch.masks[index]])
             except (*ROW_ERRORS, DBAPIError) as exc:
                 if not row_error(exc):
                     raise
@@ -409,6 +421,7 @@ class CatalogWriter:
             ],
             lines,
             [index for index, r in enumerate(rows) for _ in r[9]],
+            [masks([(location_ids[rep[0]], rep[2]) for rep in r[9]]) for r in rows],
         )
         self.counts["files"] += len(batch.files)
         self.counts["replicas"] += len(batch.replicas)

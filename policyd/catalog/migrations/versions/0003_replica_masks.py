@@ -42,20 +42,14 @@ def _bit(row: str, states: str, one: str = "1") -> str:
     )
 
 
-# SQLite's triggers stand aside inside a transaction that holds the row of
-# catalog_bulk: a bulk writer (an import) that recomputes what they keep for its batch
-# at the end of it (policyd/catalog/kept.py). The row never commits, so no other
-# writer ever sees it.
-NOT_BULK = "NOT EXISTS (SELECT 1 FROM catalog_bulk)"
-
 SQLITE_TRIGGERS = [
-    f"""CREATE TRIGGER replicas_masks_insert AFTER INSERT ON replicas WHEN {NOT_BULK} BEGIN
+    f"""CREATE TRIGGER replicas_masks_insert AFTER INSERT ON replicas BEGIN
   UPDATE files SET verified_on = verified_on | ({_bit("NEW", "('verified')")}),
     held_on = held_on | ({_bit("NEW", HELD)})
   WHERE id = NEW.file_id;
 END""",
     f"""CREATE TRIGGER replicas_masks_update AFTER UPDATE OF file_id, location_id, state
-ON replicas WHEN {NOT_BULK} BEGIN
+ON replicas BEGIN
   UPDATE files SET verified_on = verified_on & ~({_bit("OLD", "('verified')")}),
     held_on = held_on & ~({_bit("OLD", HELD)})
   WHERE id = OLD.file_id;
@@ -63,7 +57,7 @@ ON replicas WHEN {NOT_BULK} BEGIN
     held_on = held_on | ({_bit("NEW", HELD)})
   WHERE id = NEW.file_id;
 END""",
-    f"""CREATE TRIGGER replicas_masks_delete AFTER DELETE ON replicas WHEN {NOT_BULK} BEGIN
+    f"""CREATE TRIGGER replicas_masks_delete AFTER DELETE ON replicas BEGIN
   UPDATE files SET verified_on = verified_on & ~({_bit("OLD", "('verified')")}),
     held_on = held_on & ~({_bit("OLD", HELD)})
   WHERE id = OLD.file_id;
@@ -141,7 +135,6 @@ def upgrade() -> None:
     op.create_index(
         "ix_replicas_location_id_verified_at", "replicas", ["location_id", "verified_at"]
     )
-    op.create_table("catalog_bulk", sa.Column("id", sa.Integer(), primary_key=True))
     statements = PG_STATEMENTS if op.get_bind().dialect.name == "postgresql" else SQLITE_TRIGGERS
     for statement in statements:
         op.execute(statement)
@@ -157,7 +150,6 @@ def downgrade() -> None:
         for event in ("inserted", "updated", "deleted"):
             op.execute(f"DROP FUNCTION policyd_replica_masks_{event}()")
     op.drop_index("ix_replicas_location_id_verified_at", "replicas")
-    op.drop_table("catalog_bulk")
     with op.batch_alter_table("files") as batch:
         batch.drop_column("held_on")
         batch.drop_column("verified_on")

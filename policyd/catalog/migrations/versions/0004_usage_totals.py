@@ -31,28 +31,27 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CHANGE = "INSERT INTO usage_changes (location_id, experiment_id, bytes, replicas)"
-NOT_BULK = "NOT EXISTS (SELECT 1 FROM catalog_bulk)"  # see migration 0003
 
 SQLITE = [
     f"""CREATE TRIGGER replicas_usage_insert AFTER INSERT ON replicas
-WHEN NEW.state != 'missing' AND {NOT_BULK} BEGIN
+WHEN NEW.state != 'missing' BEGIN
   {CHANGE} SELECT NEW.location_id, f.experiment_id, coalesce(NEW.size, f.size, 0), 1
   FROM files f WHERE f.id = NEW.file_id;
 END""",
     f"""CREATE TRIGGER replicas_usage_delete AFTER DELETE ON replicas
-WHEN OLD.state != 'missing' AND {NOT_BULK} BEGIN
+WHEN OLD.state != 'missing' BEGIN
   {CHANGE} SELECT OLD.location_id, f.experiment_id, -coalesce(OLD.size, f.size, 0), -1
   FROM files f WHERE f.id = OLD.file_id;
 END""",
     f"""CREATE TRIGGER replicas_usage_update AFTER UPDATE OF file_id, location_id, state, size
-ON replicas WHEN {NOT_BULK} BEGIN
+ON replicas BEGIN
   {CHANGE} SELECT OLD.location_id, f.experiment_id, -coalesce(OLD.size, f.size, 0), -1
   FROM files f WHERE f.id = OLD.file_id AND OLD.state != 'missing';
   {CHANGE} SELECT NEW.location_id, f.experiment_id, coalesce(NEW.size, f.size, 0), 1
   FROM files f WHERE f.id = NEW.file_id AND NEW.state != 'missing';
 END""",
     f"""CREATE TRIGGER files_usage_update AFTER UPDATE OF size, experiment_id ON files
-WHEN (OLD.size IS NOT NEW.size OR OLD.experiment_id != NEW.experiment_id) AND {NOT_BULK} BEGIN
+WHEN OLD.size IS NOT NEW.size OR OLD.experiment_id != NEW.experiment_id BEGIN
   {CHANGE} SELECT r.location_id, OLD.experiment_id, -sum(coalesce(r.size, OLD.size, 0)),
     -count(*)
   FROM replicas r WHERE r.file_id = OLD.id AND r.state != 'missing' GROUP BY r.location_id;
