@@ -163,9 +163,7 @@ def _replay(dbapi: Any, statement: Statement, name: str, server_side: bool) -> t
     rows = 0
     # a server-side cursor has a description only once fetched; a client-side one
     # without a description ran a statement that returns no rows (SET)
-    while (server_side or cursor.description is not None) and (
-        chunk := cursor.fetchmany(BATCH)
-    ):
+    while (server_side or cursor.description is not None) and (chunk := cursor.fetchmany(BATCH)):
         rows += len(chunk)
     cursor.close()
     return time.perf_counter() - began, rows
