@@ -109,19 +109,8 @@ def append_all(conn: Connection, entries: Sequence[Entry]) -> list[Event]:
         }
         record = _record(fields)
         digest = _hash(prev_hash, record)
-        rows.append(
-            {
-                "seq": seq,
-                "at": entry.at,
-                "event": entry.event,
-                "actor": entry.actor,
-                "plan_id": entry.plan_id,
-                "action_id": entry.action_id,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "record": record.decode(),
-            }
-        )
+        columns = {k: v for k, v in fields.items() if k != "payload"}
+        rows.append({**columns, "prev_hash": prev_hash, "hash": digest, "record": record.decode()})
         appended.append(
             Event(
                 seq,

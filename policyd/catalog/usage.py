@@ -7,6 +7,8 @@ totals and pending changes is the same before and after it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine, delete, func, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -53,16 +55,7 @@ def _fold_sqlite(conn: Connection) -> None:
         func.sum(usage_changes.c.bytes).label("bytes"),
         func.sum(usage_changes.c.replicas).label("replicas"),
     ).group_by(usage_changes.c.location_id, usage_changes.c.experiment_id)
-    insert = sqlite.insert(usage_totals).from_select(list(_COLUMNS), pending)
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["location_id", "experiment_id"],
-            set_={
-                "bytes": usage_totals.c.bytes + insert.excluded.bytes,
-                "replicas": usage_totals.c.replicas + insert.excluded.replicas,
-            },
-        )
-    )
+    conn.execute(_added(sqlite.insert(usage_totals).from_select(list(_COLUMNS), pending)))
     conn.execute(delete(usage_changes))
 
 
@@ -77,12 +70,15 @@ def _fold_postgresql(conn: Connection) -> None:
         func.sum(moved.c.replicas),
     ).group_by(moved.c.location_id, moved.c.experiment_id)
     insert = postgresql.insert(usage_totals).from_select(list(_COLUMNS), pending)
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["location_id", "experiment_id"],
-            set_={
-                "bytes": usage_totals.c.bytes + insert.excluded.bytes,
-                "replicas": usage_totals.c.replicas + insert.excluded.replicas,
-            },
-        ).add_cte(moved)
+    conn.execute(_added(insert).add_cte(moved))
+
+
+def _added(insert: Any) -> Any:
+    """The upsert that adds the folded changes to their totals."""
+    return insert.on_conflict_do_update(
+        index_elements=["location_id", "experiment_id"],
+        set_={
+            "bytes": usage_totals.c.bytes + insert.excluded.bytes,
+            "replicas": usage_totals.c.replicas + insert.excluded.replicas,
+        },
     )
