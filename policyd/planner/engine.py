@@ -62,6 +62,7 @@ from policyd.grammar import ast
 from policyd.planner.fingerprint import catalog_fingerprint
 from policyd.planner.layout import DEFAULT_LAYOUT, NO_STATION_LAYOUT, Template, TemplateError
 from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, Suspended, iso
+from policyd.planner.prefetch import prefetched
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
 from policyd.rules.pyeval import Evaluator, ReplicaView, Row, compile_python
@@ -392,20 +393,14 @@ class Planner:
         """Rows of `query` (file columns and flags) with their experiment's fields, their
         replicas and jobs, batched: the query reads each file's own columns, and the few
         experiments are read once and shared by their files' rows."""
-        result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
-        keys = list(result.keys())
-        width = len(keys) - len(self.file_rules)
-        keys = keys[:width]
-        experiment_at = keys.index("experiment.id")
-        want_jobs = any(fr.verb == "run" for fr in self.file_rules)
-        for batch in result.partitions():
-            ids = [r[0] for r in batch]
+        for columns, batch, replica_rows, job_rows in prefetched(self._batches(query)):
+            width = len(columns) - len(self.file_rules)
+            keys = columns[:width]
+            experiment_at = keys.index("experiment.id")
             self._load_experiments(conn, {r[experiment_at] for r in batch})
             by_file: dict[int, list[Replica]] = {}
             views: dict[int, list[ReplicaView]] = {}
-            for file_id, location_id, state, path, size, verified_at in conn.execute(
-                self.replica_query, {"ids": self.ids_value(ids)}
-            ).all():
+            for file_id, location_id, state, path, size, verified_at in replica_rows:
                 name = self.location_names.get(location_id)
                 if name is None:
                     continue
@@ -416,11 +411,8 @@ class Planner:
                     ReplicaView(name, self.location_tiers.get(name, ""), state, path)
                 )
             job_content: dict[int, set[tuple[str, str]]] = {}
-            if want_jobs:
-                for file_id, workflow, content in conn.execute(
-                    self.job_query, {"ids": self.ids_value(ids)}
-                ).all():
-                    job_content.setdefault(file_id, set()).add((workflow, content))
+            for file_id, workflow, content in job_rows:
+                job_content.setdefault(file_id, set()).add((workflow, content))
             experiments_by_id = self.experiment_rows
             for values in batch:
                 file_id = values[0]
@@ -430,6 +422,25 @@ class Planner:
                 row["_replicas"] = by_file.get(file_id, [])
                 row["_jobs"] = job_content.get(file_id, set())
                 yield row, tuple(map(bool, values[width:]))
+
+    def _batches(self, query: Any) -> Callable[[Callable[[Any], bool]], None]:
+        """What reads `query`'s batches, with their replicas and jobs, on a connection
+        of its own (see policyd/planner/prefetch.py)."""
+        want_jobs = any(fr.verb == "run" for fr in self.file_rules)
+
+        def produce(put: Callable[[Any], bool]) -> None:
+            with self.engine.connect() as conn:
+                session_settings(conn)
+                result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
+                keys = list(result.keys())
+                for batch in result.partitions():
+                    listed = {"ids": self.ids_value([r[0] for r in batch])}
+                    replica_rows = conn.execute(self.replica_query, listed).all()
+                    job_rows = conn.execute(self.job_query, listed).all() if want_jobs else []
+                    if not put((keys, batch, replica_rows, job_rows)):
+                        return
+
+        return produce
 
     def _load_experiments(self, conn: Connection, ids: set[int]) -> None:
         missing = [i for i in ids if i not in self.experiment_rows]
@@ -865,9 +876,7 @@ class Planner:
         self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
         self.prepare()
         with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # JIT-compiling the planner's wide expressions costs seconds per query
-                conn.execute(text("SET LOCAL jit = off"))
+            session_settings(conn)
             self.plan.suspended = suspended_actions(conn)
             self.file_pass(conn)
             self.threshold_pass(conn)
@@ -1158,6 +1167,13 @@ def alarm_value(expr: ast.Expr, bindings: ir.Bindings) -> str | None:
     if call.name in ("used", "free"):
         return f"{int(value)} B"
     return str(value)
+
+
+def session_settings(conn: Connection) -> None:
+    """For the transaction the planner reads in."""
+    if conn.dialect.name == "postgresql":
+        # JIT-compiling the planner's wide expressions costs seconds per query
+        conn.execute(text("SET LOCAL jit = off"))
 
 
 def _batch_ids(engine: Engine) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:
