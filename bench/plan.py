@@ -37,9 +37,9 @@ printed apart. The floor is the planner's file queries (the candidate SELECT it
 streams, and the fixity passes' queries), captured from the plan's own run with a
 cursor event and replayed on a bare DBAPI cursor read with fetchmany in the planner's
 batch size. "All SQL" replays every statement the plan ran that way (replica lookups
-per batch, fingerprint, usage, counts). The planner reads its next batches in a thread
-while it decides on the current one, so the database's work and Python's overlap: plan
-minus all SQL is the Python time the overlap did not hide.
+per batch, fingerprint, usage, counts). On PostgreSQL the planner reads its next
+batches in a thread while it decides on the current one, so the server's work and
+Python's overlap: plan minus all SQL is the Python time the overlap did not hide.
 
 Wall times are the figures; the CPU time of the bench's process is printed under them,
 and the load average around the run, because on a shared machine wall time also

@@ -393,7 +393,15 @@ class Planner:
         """Rows of `query` (file columns and flags) with their experiment's fields, their
         replicas and jobs, batched: the query reads each file's own columns, and the few
         experiments are read once and shared by their files' rows."""
-        for columns, batch, replica_rows, job_rows in prefetched(self._batches(query)):
+        # PostgreSQL works in its own process while the planner decides: read ahead in
+        # a thread. SQLite works in this one, under the GIL for every row it returns
+        # (and every REGEXP it calls back): a thread would only take turns with it.
+        source = (
+            prefetched(self._read_ahead(query))
+            if conn.dialect.name == "postgresql"
+            else self._batches(conn, query)
+        )
+        for columns, batch, replica_rows, job_rows in source:
             width = len(columns) - len(self.file_rules)
             keys = columns[:width]
             experiment_at = keys.index("experiment.id")
@@ -423,21 +431,26 @@ class Planner:
                 row["_jobs"] = job_content.get(file_id, set())
                 yield row, tuple(map(bool, values[width:]))
 
-    def _batches(self, query: Any) -> Callable[[Callable[[Any], bool]], None]:
-        """What reads `query`'s batches, with their replicas and jobs, on a connection
-        of its own (see policyd/planner/prefetch.py)."""
+    def _batches(self, conn: Connection, query: Any) -> Iterator[Any]:
+        """`query`'s batches with their replicas and jobs: (columns, rows, replica
+        rows, job rows)."""
         want_jobs = any(fr.verb == "run" for fr in self.file_rules)
+        result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
+        keys = list(result.keys())
+        for batch in result.partitions():
+            listed = {"ids": self.ids_value([r[0] for r in batch])}
+            replica_rows = conn.execute(self.replica_query, listed).all()
+            job_rows = conn.execute(self.job_query, listed).all() if want_jobs else []
+            yield keys, batch, replica_rows, job_rows
+
+    def _read_ahead(self, query: Any) -> Callable[[Callable[[Any], bool]], None]:
+        """What reads `_batches` on a connection of its own, for `prefetched`."""
 
         def produce(put: Callable[[Any], bool]) -> None:
             with self.engine.connect() as conn:
                 session_settings(conn)
-                result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
-                keys = list(result.keys())
-                for batch in result.partitions():
-                    listed = {"ids": self.ids_value([r[0] for r in batch])}
-                    replica_rows = conn.execute(self.replica_query, listed).all()
-                    job_rows = conn.execute(self.job_query, listed).all() if want_jobs else []
-                    if not put((keys, batch, replica_rows, job_rows)):
+                for item in self._batches(conn, query):
+                    if not put(item):
                         return
 
         return produce
