@@ -15,11 +15,14 @@ account that does not exist on this machine fails the action with the name to cr
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
 import subprocess
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy import delete, select, update
@@ -75,6 +78,20 @@ def _setfacl(args: Sequence[str]) -> None:
         raise ActionFailed(f"setfacl {' '.join(args[:3])}: {done.stderr.strip()}")
 
 
+@contextmanager
+def _acl_lock(root: Path) -> Iterator[None]:
+    """One ACL change at a time on a location. setfacl reads an ACL, changes it and
+    writes it back: two grants on one folder at once (apply's workers run them side by
+    side) could each write back the ACL without the other's entry. An flock on the
+    location's root excludes other workers and other processes alike."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _batches(items: Iterator[str]) -> Iterator[list[str]]:
     batch: list[str] = []
     for item in items:
@@ -102,15 +119,16 @@ class PosixAcl(Executor):
         granting = step.get("op") == "grant"
         directory = store.path(step.get("path"), create_dirs=granting)
         perms = "rwX" if "write" in step.get("perms", []) else "rX"
-        if granting:
-            directory.mkdir(exist_ok=True)
-            _setfacl(["-R", "-P", "-m", f"{tag}:{name}:{perms}", "--", str(directory)])
-            for batch in _batches(_folders(str(directory))):
-                _setfacl(["-d", "-m", f"{tag}:{name}:{perms}", "--", *batch])
-        elif directory.is_dir():
-            _setfacl(["-R", "-P", "-x", f"{tag}:{name}", "--", str(directory)])
-            for batch in _batches(_folders(str(directory))):
-                _setfacl(["-d", "-x", f"{tag}:{name}", "--", *batch])
+        with _acl_lock(store.root):
+            if granting:
+                directory.mkdir(exist_ok=True)
+                _setfacl(["-R", "-P", "-m", f"{tag}:{name}:{perms}", "--", str(directory)])
+                for batch in _batches(_folders(str(directory))):
+                    _setfacl(["-d", "-m", f"{tag}:{name}:{perms}", "--", *batch])
+            elif directory.is_dir():
+                _setfacl(["-R", "-P", "-x", f"{tag}:{name}", "--", str(directory)])
+                for batch in _batches(_folders(str(directory))):
+                    _setfacl(["-d", "-x", f"{tag}:{name}", "--", *batch])
         return Result({"account": f"{tag}:{name}", "directory": str(directory)})
 
     def record(self, conn: Connection, step: Step, result: Result) -> None:
