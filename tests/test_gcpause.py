@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import threading
 
+import pytest
+
 from policyd.gcpause import gc_paused
 
 
@@ -41,7 +43,7 @@ def test_pause_ends_with_the_last_thread() -> None:
     thread.start()
     inside.wait(5)
     with gc_paused():
-        pass
+        assert not gc.isenabled()
     assert not gc.isenabled()  # the other thread's pause goes on
     release.set()
     thread.join(5)
@@ -49,9 +51,6 @@ def test_pause_ends_with_the_last_thread() -> None:
 
 
 def test_pause_ends_on_an_exception() -> None:
-    try:
-        with gc_paused():
-            raise ValueError("boom")
-    except ValueError:
-        pass
+    with pytest.raises(ValueError, match="boom"), gc_paused():
+        raise ValueError("boom")
     assert gc.isenabled()

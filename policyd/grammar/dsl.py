@@ -1106,11 +1106,10 @@ def _parse(text: str, start: str, origin: _Origin, diagnostics: list[Diagnostic]
                 _INLINE.builder = _Builder(origin, found)
                 try:
                     node = quick.parse(text, start)
-                except _Mistake:
-                    pass
-                else:
                     diagnostics += found
                     return node
+                except _Mistake:
+                    found.clear()  # lark reads the text again below, with its own messages
             _INLINE.builder = _Builder(origin, diagnostics)
             return _parser().parse(text, start=start)
         except UnexpectedInput as exc:

@@ -29,8 +29,9 @@ import orjson
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, select, text
 
-from policyd.catalog.schema import audit_events, experiments, files, locations, replicas
+from policyd.catalog.schema import audit_events
 from policyd.cli import main
+from tests.catalog.helpers import catalog_replicas
 
 AT = "2026-12-01T08:00:00Z"
 """Every plan is made `--at` this time, so a plan does not depend on the wall clock."""
@@ -255,26 +256,6 @@ def expected_storage(site: Site) -> dict[tuple[str, str], str]:
         else:
             out[("daq", f.daq_path)] = f.md5
     return out
-
-
-def catalog_replicas(engine: Engine) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(experiment, file, location) -> the replica row, with the file's md5."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                experiments.c.name.label("experiment"),
-                files.c.path.label("file"),
-                files.c.md5.label("md5"),
-                locations.c.name.label("location"),
-                replicas.c.path,
-                replicas.c.state,
-                replicas.c.checksum,
-            )
-            .join(files, files.c.id == replicas.c.file_id)
-            .join(experiments, experiments.c.id == files.c.experiment_id)
-            .join(locations, locations.c.id == replicas.c.location_id)
-        ).mappings()
-        return {(r["experiment"], r["file"], r["location"]): dict(r) for r in rows}
 
 
 def verified_mismatches(site: Site, engine: Engine) -> dict[tuple[str, str, str], str]:

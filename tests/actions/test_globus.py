@@ -41,14 +41,11 @@ from policyd.catalog.schema import (
     actions,
     audit_events,
     experiments,
-    files,
     grants,
-    locations,
-    replicas,
 )
 from policyd.cli import main
 from policyd.site import open_site
-from tests.catalog.helpers import write_jsonl
+from tests.catalog.helpers import catalog_replicas, write_jsonl
 
 AT = "2026-12-01T08:00:00Z"
 TAPE = "4b8d2c1e-5f3a-4e7b-9c1d-2a6f8e0b3c5d"  # the tape endpoint of examples/aps
@@ -285,25 +282,6 @@ def calls(method: str, path: str) -> list[Any]:
 
 def submitted() -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in calls("POST", "/v0.10/transfer")]
-
-
-def catalog_replicas(engine: Engine) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(experiment, file, location) -> the replica's path, state and checksum."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                experiments.c.name.label("experiment"),
-                files.c.path.label("file"),
-                locations.c.name.label("location"),
-                replicas.c.path,
-                replicas.c.state,
-                replicas.c.checksum,
-            )
-            .join(files, files.c.id == replicas.c.file_id)
-            .join(experiments, experiments.c.id == files.c.experiment_id)
-            .join(locations, locations.c.id == replicas.c.location_id)
-        ).mappings()
-        return {(r["experiment"], r["file"], r["location"]): dict(r) for r in rows}
 
 
 def ledger_payloads(engine: Engine, event: str) -> list[dict[str, Any]]:

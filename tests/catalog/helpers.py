@@ -33,16 +33,19 @@ def catalog_files(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def catalog_replicas(engine: Engine) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(experiment, file, location) -> the replica row, with its file's md5."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(
                 experiments.c.name.label("experiment"),
                 files.c.path.label("file"),
+                files.c.md5.label("md5"),
                 locations.c.name.label("location"),
                 replicas.c.path,
                 replicas.c.state,
                 replicas.c.size,
                 replicas.c.verified_at,
+                replicas.c.checksum,
             )
             .join(files, files.c.id == replicas.c.file_id)
             .join(experiments, experiments.c.id == files.c.experiment_id)
