@@ -86,15 +86,19 @@ BATCH = 2000
 GOOD = ("present", "verified")
 #: The replica states each of a file row's masks has a bit for (migration 0003).
 MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): "held_on"}
+#: What a row without replicas or jobs holds (shared: nothing changes them).
+NO_REPLICAS: tuple[Replica, ...] = ()
+NO_JOBS: frozenset[tuple[str, str]] = frozenset()
 #: Functions whose value changes as the plan copies and deletes (spec/rules.md 5).
 STORAGE_FUNCTIONS = frozenset({"usage", "used", "free", "time_to_full"})
 
 
-@dataclass(frozen=True, slots=True)
-class Replica:
-    location: str
-    state: str
-    path: str
+@dataclass(slots=True)
+class Replica(ReplicaView):
+    """A replica as the planner reads it: what predicates see, and its size and last
+    verification for the safety floor. One object serves both, so a row's replicas are
+    built once."""
+
     size: int | None
     verified_at: float | None
 
@@ -127,6 +131,7 @@ class FileRule:
 class Matched:
     """What one set of matching rules asks of a file, whatever the file."""
 
+    key: tuple[int, ...]  # the rules' indexes
     protected: list[FileRule]
     expires: list[FileRule]  # selected
     winner: FileRule | None  # the place rule whose layout and location win
@@ -135,7 +140,7 @@ class Matched:
     acts: list[FileRule]  # selected archive, release (without `when`) and run rules
 
     @classmethod
-    def of(cls, matched: list[FileRule]) -> Matched:
+    def of(cls, key: tuple[int, ...], matched: list[FileRule]) -> Matched:
         places = [fr for fr in matched if fr.verb == "place"]
         winner = max(places, key=lambda fr: (fr.rule.priority, -fr.rule.order), default=None)
         releasing: set[str] = set()
@@ -146,6 +151,7 @@ class Matched:
             elif isinstance(s, model.Archive):
                 releasing.update(s.release_from)
         return cls(
+            key=key,
             protected=[fr for fr in matched if fr.verb == "protect"],
             expires=[fr for fr in matched if fr.selected and fr.verb == "expire"],
             winner=winner,
@@ -163,15 +169,27 @@ class Matched:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Planned:
-    """What the plan already does to one file, for the passes after the first."""
+    """What the plan already does to one file, for the passes after the first. A plan
+    keeps one per file it acts on, so the few locations go in tuples, not sets."""
 
     verified: dict[str, str] = field(default_factory=dict)  # location -> verify action id
-    deleted: set[str] = field(default_factory=set)
-    # source location -> (copy, its verify) of the copies that read it
-    reads: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    deleted: tuple[str, ...] = ()
+    # (source location, copy, its verify) of the copies the plan makes
+    reads: tuple[tuple[str, str, str], ...] = ()
     expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Making:
+    """What a file's wanted replicas come to: the same for every file with the same
+    matching rules, replica states and pinning, so it is worked out once for them all
+    (unless a `replicate` chose by free space, which the plan itself changes)."""
+
+    want: dict[str, list[FileRule]]  # location -> the rules that want a replica there
+    # (the rule that makes it, location, copy source, a present replica to verify)
+    steps: tuple[tuple[FileRule, str, str | None, bool], ...]
 
 
 @dataclass
@@ -251,6 +269,9 @@ class Planner:
         self.planned: dict[int, Planned] = {}
         self.templates: dict[str, Template] = {}
         self.summaries: dict[tuple[int, ...], Matched] = {}
+        # flags -> the rules they hit, and what those ask when the flags decide them all
+        self.by_flags: dict[tuple[bool, ...], tuple[list[FileRule], Matched | None]] = {}
+        self.makings: dict[tuple[object, ...], Making] = {}
         self.error_keys: set[tuple[str, str | None, str | None, str]] = set()
         # storage changes made by the plan so far, and the storage-reading wheres lowered
         # at a given count of them
@@ -401,23 +422,23 @@ class Planner:
             if conn.dialect.name == "postgresql"
             else self._batches(conn, query)
         )
+        names, tiers = self.location_names, self.location_tiers
         for columns, batch, replica_rows, job_rows in source:
             width = len(columns) - len(self.file_rules)
             keys = columns[:width]
             experiment_at = keys.index("experiment.id")
             self._load_experiments(conn, {r[experiment_at] for r in batch})
             by_file: dict[int, list[Replica]] = {}
-            views: dict[int, list[ReplicaView]] = {}
             for file_id, location_id, state, path, size, verified_at in replica_rows:
-                name = self.location_names.get(location_id)
+                name = names.get(location_id)
                 if name is None:
                     continue
-                by_file.setdefault(file_id, []).append(
-                    Replica(name, state, path, size, verified_at)
-                )
-                views.setdefault(file_id, []).append(
-                    ReplicaView(name, self.location_tiers.get(name, ""), state, path)
-                )
+                replica = Replica(name, tiers.get(name, ""), state, path, size, verified_at)
+                listed = by_file.get(file_id)
+                if listed is None:
+                    by_file[file_id] = [replica]
+                else:
+                    listed.append(replica)
             job_content: dict[int, set[tuple[str, str]]] = {}
             for file_id, workflow, content in job_rows:
                 job_content.setdefault(file_id, set()).add((workflow, content))
@@ -426,10 +447,11 @@ class Planner:
                 file_id = values[0]
                 row = experiments_by_id[values[experiment_at]].copy()
                 row.update(zip(keys, values[:width], strict=True))
-                row["replicas"] = views.get(file_id, [])
-                row["_replicas"] = by_file.get(file_id, [])
-                row["_jobs"] = job_content.get(file_id, set())
-                yield row, tuple(map(bool, values[width:]))
+                row["replicas"] = by_file.get(file_id, NO_REPLICAS)
+                row["_jobs"] = job_content.get(file_id, NO_JOBS)
+                # the flags as the database gave them (true, false, 1, 0 or null): a
+                # tuple, and the key of the rules they hit
+                yield row, values[width:]
 
     def _batches(self, conn: Connection, query: Any) -> Iterator[Any]:
         """`query`'s batches with their replicas and jobs: (columns, rows, replica
@@ -490,13 +512,23 @@ class Planner:
             return False
         return fr.flag_decides or self.where_holds(fr, row)
 
-    def matching(self, row: Row, flags: Sequence[bool]) -> list[FileRule]:
+    def matching(self, row: Row, flags: tuple[bool, ...]) -> list[FileRule]:
         """The file rules whose `where` holds for the row, in rule order."""
-        return [
-            fr
-            for fr, hit in zip(self.file_rules, flags, strict=True)
-            if hit and (fr.flag_decides or self.where_holds(fr, row))
-        ]
+        return self.matched(row, flags)[0]
+
+    def matched(self, row: Row, flags: tuple[bool, ...]) -> tuple[list[FileRule], Matched]:
+        """The matching rules and what they ask. Where the database's flags decide every
+        rule they hit, both are worked out once per set of flags."""
+        known = self.by_flags.get(flags)
+        if known is None:
+            hits = [fr for fr, hit in zip(self.file_rules, flags, strict=True) if hit]
+            decided = self.summary(hits) if all(fr.flag_decides for fr in hits) else None
+            known = self.by_flags[flags] = (hits, decided)
+        hits, decided = known
+        if decided is not None:
+            return hits, decided
+        matched = [fr for fr in hits if fr.flag_decides or self.where_holds(fr, row)]
+        return matched, self.summary(matched)
 
     def where_holds(self, fr: FileRule, row: Row) -> bool:
         """The part of the rule's `where` the database did not decide, on `row`: the
@@ -517,11 +549,14 @@ class Planner:
         key = tuple(fr.index for fr in matched)
         found = self.summaries.get(key)
         if found is None:
-            found = self.summaries[key] = Matched.of(matched)
+            found = self.summaries[key] = Matched.of(key, matched)
         return found
 
     def layout(self, row: Row, matched: list[FileRule]) -> tuple[FileRule | None, str]:
-        winner = self.summary(matched).winner
+        return self.layout_of(row, self.summary(matched))
+
+    def layout_of(self, row: Row, m: Matched) -> tuple[FileRule | None, str]:
+        winner = m.winner
         if winner is not None:
             return winner, winner.statement.at  # type: ignore[union-attr]
         default = DEFAULT_LAYOUT if row.get("experiment.station") else NO_STATION_LAYOUT
@@ -531,8 +566,14 @@ class Planner:
         self, row: Row, matched: list[FileRule], reps: dict[str, Replica]
     ) -> dict[str, list[FileRule]]:
         """Location -> the rules that want a replica there, first wish first (the locks)."""
-        m = self.summary(matched)
+        return self.wanted(self.summary(matched), reps)[0]
+
+    def wanted(
+        self, m: Matched, reps: dict[str, Replica]
+    ) -> tuple[dict[str, list[FileRule]], bool]:
+        """`desired`, and whether free space chose between locations."""
         want: dict[str, list[FileRule]] = {}
+        by_space = False
         if m.winner is not None:
             want[m.winner.statement.on] = [m.winner]  # type: ignore[union-attr]
         for fr in m.wishes:
@@ -540,9 +581,11 @@ class Planner:
             if isinstance(s, model.Archive):
                 want.setdefault(s.to, []).append(fr)
             else:
-                for location in self.replicate_targets(s, reps, want, m.releasing):  # type: ignore[arg-type]
+                targets, spaced = self.replicate_targets(s, reps, want, m.releasing)  # type: ignore[arg-type]
+                by_space = by_space or spaced
+                for location in targets:
                     want.setdefault(location, []).append(fr)
-        return want
+        return want, by_space
 
     def replicate_targets(
         self,
@@ -550,11 +593,12 @@ class Planner:
         reps: dict[str, Replica],
         want: dict[str, list[FileRule]],
         releasing: set[str],
-    ) -> list[str]:
+    ) -> tuple[list[str], bool]:
         """Existing replicas (and ones other rules already want) count first, then the
         locations with the most free space, config order breaking ties. Of more existing
         replicas than it needs, the rule counts those other rules want, then those no
-        matching rule releases, verified before present, in config order."""
+        matching rule releases, verified before present, in config order. Also says
+        whether free space ordered more than one location."""
         have = [loc for loc in s.on if (loc in reps and reps[loc].state in GOOD) or loc in want]
         have.sort(
             key=lambda loc: (
@@ -564,14 +608,19 @@ class Planner:
             )
         )
         chosen = have[: s.copies]
+        needed = s.copies - len(chosen)
+        if needed <= 0:
+            return chosen, False
         rest = [loc for loc in s.on if loc not in chosen and loc in self.config.locations]
+        if len(rest) < 2:
+            return chosen + rest, False
         rest.sort(key=lambda loc: (-(self.storage.free(loc) or 0), self.location_order[loc]))
-        return chosen + rest[: max(0, s.copies - len(chosen))]
+        return chosen + rest[:needed], True
 
-    def plan_file(self, row: Row, flags: Sequence[bool]) -> None:
-        reps = {r.location: r for r in row["_replicas"]}
-        matched = self.matching(row, flags)
-        m = self.summary(matched)
+    def plan_file(self, row: Row, flags: tuple[bool, ...]) -> None:
+        replicas: Sequence[Replica] = row["replicas"]
+        reps = {r.location: r for r in replicas}
+        _, m = self.matched(row, flags)
         protected = m.protected
         pinned = (row.get("experiment.pinned_until") or 0) > self.now
 
@@ -579,22 +628,13 @@ class Planner:
             self.planned[row["file.id"]] = Planned(expired=True)
             return
 
-        want = self.desired(row, matched, reps)
-        _, layout = self.layout(row, matched)
+        making = self.making(m, reps, replicas, pinned)
+        want = making.want
         state = Planned()
-        for location, wanting in want.items():
-            # The first selected rule that wants the replica makes it; archive skips
-            # pinned experiments (its wish still locks the replica).
-            acting = next(
-                (
-                    fr
-                    for fr in wanting
-                    if fr.selected and not (pinned and isinstance(fr.statement, model.Archive))
-                ),
-                None,
-            )
-            if acting is not None:
-                self.plan_replica(acting, row, reps, location, layout, state)
+        if making.steps:
+            _, layout = self.layout_of(row, m)
+            for acting, location, source, present in making.steps:
+                self.plan_replica(acting, row, reps, location, layout, state, source, present)
 
         for fr in m.acts:
             s = fr.statement
@@ -617,6 +657,38 @@ class Planner:
         if state.verified or state.deleted:
             self.planned[row["file.id"]] = state
 
+    def making(
+        self, m: Matched, reps: dict[str, Replica], replicas: Sequence[Replica], pinned: bool
+    ) -> Making:
+        key = (m.key, tuple([(r.location, r.state) for r in replicas]), pinned)
+        found = self.makings.get(key)
+        if found is not None:
+            return found
+        want, by_space = self.wanted(m, reps)
+        steps: list[tuple[FileRule, str, str | None, bool]] = []
+        for location, wanting in want.items():
+            # The first selected rule that wants the replica makes it; archive skips
+            # pinned experiments (its wish still locks the replica).
+            acting = next(
+                (
+                    fr
+                    for fr in wanting
+                    if fr.selected and not (pinned and isinstance(fr.statement, model.Archive))
+                ),
+                None,
+            )
+            existing = reps.get(location)
+            if acting is None or (existing is not None and existing.state == "verified"):
+                continue
+            if existing is not None and existing.state == "present":
+                steps.append((acting, location, None, True))
+            else:
+                steps.append((acting, location, self.source(reps, location), False))
+        made = Making(want, tuple(steps))
+        if not by_space:
+            self.makings[key] = made
+        return made
+
     def plan_replica(
         self,
         fr: FileRule,
@@ -625,24 +697,25 @@ class Planner:
         location: str,
         layout: str,
         state: Planned,
+        source: str | None,
+        present: bool,
     ) -> None:
-        existing = reps.get(location)
-        verb = fr.statement.verb
+        """Verify the present replica on `location`, or copy the file there from
+        `source` and verify the copy."""
+        verb = fr.verb
         experiment, path = row["experiment.name"], row["file.path"]
-        if existing is not None and existing.state == "verified":
-            return
-        if existing is not None and existing.state == "present":
+        if present:
             action = self.plan.new_action(
                 "verify", fr.name, verb, experiment, file=path, target=location
             )
             state.verified[location] = action.id
             return
-        source = self.source(reps, location)
         if source is None:
             self.error(
                 PlanError(fr.name, experiment, path, "no present or verified replica to copy from")
             )
             return
+        existing = reps.get(location)
         if existing is not None:
             target_path = existing.path
         else:
@@ -671,7 +744,7 @@ class Planner:
             "verify", fr.name, verb, experiment, file=path, target=location, after=(copy.id,)
         )
         state.verified[location] = verify.id
-        state.reads.setdefault(source, []).append((copy.id, verify.id))
+        state.reads += ((source, copy.id, verify.id),)
         self.storage_change(location, row.get("experiment.station"), size - replaced)
 
     def source(self, reps: dict[str, Replica], target: str) -> str | None:
@@ -770,10 +843,10 @@ class Planner:
             target=location,
             bytes=size,
             after=_ordered_ids(
-                [*after, *(c for c, v in state.reads.get(location, ()) if v not in after)]
+                [*after, *(c for s, c, v in state.reads if s == location and v not in after)]
             ),
         )
-        state.deleted.add(location)
+        state.deleted += (location,)
         self.storage_change(location, row.get("experiment.station"), -size)
         return 0
 
@@ -944,7 +1017,7 @@ class Planner:
                     break
                 if not self.where_holds(fr, row):
                     continue
-                reps = {r.location: r for r in row["_replicas"]}
+                reps = {r.location: r for r in row["replicas"]}
                 matched = self.matching(row, flags)
                 protected = [f for f in matched if isinstance(f.statement, model.Protect)]
                 pinned = (row.get("experiment.pinned_until") or 0) > self.now

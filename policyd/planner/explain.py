@@ -134,7 +134,7 @@ def explain_file(planner: Planner, experiment: str, path: str) -> Explanation:
             "and the path inside the experiment, as `catalog import` recorded them)"
         )
     row, flags = found
-    explanation = Explanation(experiment, path, planner.now, list(row["_replicas"]))
+    explanation = Explanation(experiment, path, planner.now, list(row["replicas"]))
     matched: list[FileRule] = []
     for fr in planner.file_rules:
         where = _where(fr.statement)
@@ -151,7 +151,7 @@ def explain_file(planner: Planner, experiment: str, path: str) -> Explanation:
         explanation.rules.append(
             RuleExplanation(fr.name, fr.statement.verb, is_match, fr.selected, steps, where_done)
         )
-    reps = {r.location: r for r in row["_replicas"]}
+    reps = {r.location: r for r in row["replicas"]}
     wanted = planner.desired(row, matched, reps)
     explanation.locks = {loc: ", ".join(fr.name for fr in rules) for loc, rules in wanted.items()}
     planner.plan_file(row, flags)

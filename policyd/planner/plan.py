@@ -229,8 +229,45 @@ class Plan:
     suspended: list[Suspended] = field(default_factory=list)
     max_delete_per_run: int | None = None
 
-    def new_action(self, kind: str, rule: str, reason: str, experiment: str, **rest: Any) -> Action:
-        action = Action(f"a{len(self.actions) + 1}", kind, rule, reason, experiment, **rest)
+    def new_action(
+        self,
+        kind: str,
+        rule: str,
+        reason: str,
+        experiment: str,
+        *,
+        file: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        path: str | None = None,
+        bytes: int | None = None,
+        after: tuple[str, ...] = (),
+        op: str | None = None,
+        principal: str | None = None,
+        perms: tuple[str, ...] | None = None,
+        workflow: str | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> Action:
+        """The next action, numbered in plan order. Its fields are passed on by position:
+        a plan makes an action per copy and verify, and keywords cost twice."""
+        action = Action(
+            f"a{len(self.actions) + 1}",
+            kind,
+            rule,
+            reason,
+            experiment,
+            file,
+            source,
+            target,
+            path,
+            bytes,
+            after,
+            op,
+            principal,
+            perms,
+            workflow,
+            args,
+        )
         self.actions.append(action)
         return action
 

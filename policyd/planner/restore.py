@@ -49,7 +49,7 @@ def plan_restore(
     with engine.connect() as conn:
         for row, flags in planner.rows(conn, query):
             found += 1
-            reps = {r.location: r for r in row["_replicas"]}
+            reps = {r.location: r for r in row["replicas"]}
             matched = planner.matching(row, flags)
             winner, layout = planner.layout(row, matched)
             target = to or (winner.statement.on if winner else default_target(config))  # type: ignore[union-attr]

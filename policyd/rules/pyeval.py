@@ -22,9 +22,11 @@ Row = Mapping[str, Any]
 Evaluator = Callable[[Row], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplicaView:
-    """What a predicate may know of a replica: `copies()` and `path_on()` read it."""
+    """What a predicate may know of a replica: `copies()` and `path_on()` read it. Not
+    frozen: a frozen dataclass sets each field through object.__setattr__, and a plan
+    builds one per replica of every file it reads."""
 
     location: str
     tier: str
