@@ -60,7 +60,13 @@ from policyd.catalog.schema import (
 from policyd.gcpause import gc_paused
 from policyd.grammar import ast
 from policyd.planner.fingerprint import catalog_fingerprint
-from policyd.planner.layout import DEFAULT_LAYOUT, NO_STATION_LAYOUT, Template, TemplateError
+from policyd.planner.layout import (
+    DEFAULT_LAYOUT,
+    NO_STATION_LAYOUT,
+    Template,
+    TemplateError,
+    reads_file_meta,
+)
 from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, Suspended, iso
 from policyd.planner.prefetch import prefetched
 from policyd.planner.storage import StorageState
@@ -235,7 +241,11 @@ class Planner:
         rules: Sequence[model.Rule],
         options: PlanOptions,
         progress: Callable[[int], None] | None = None,
+        *,
+        every_field: bool = False,
     ) -> None:
+        """With `every_field`, rows carry every field whatever the rules read in Python
+        (explain shows them all)."""
         self.config = config
         self.engine = engine
         self.now = options.now
@@ -300,6 +310,7 @@ class Planner:
         self.notice_sent: dict[tuple[str, str, str], float] = {}
         self.pending_notices: dict[tuple[str, str, str], Notice] = {}
         self.file_rules = self._compile_file_rules()
+        self.file_meta = every_field or self._reads_file_meta()
 
     # ---- compiling the rules
 
@@ -333,6 +344,24 @@ class Planner:
                     )
                 )
         return out
+
+    def _reads_file_meta(self) -> bool:
+        """Whether anything the planner evaluates in Python may read file.meta: a
+        rule's residual or storage-reading where, a run's `with`, a layout."""
+        nodes: list[ir.Node] = []
+        for fr in self.file_rules:
+            if fr.push.residual is not None:  # a storage-reading where is all residual
+                nodes.append(fr.push.residual)
+            s = fr.statement
+            if isinstance(s, model.Run):
+                nodes += [ir.lower_value(expr, self.bindings) for _, expr in s.with_]
+            elif isinstance(s, model.Place):
+                try:
+                    if self.template(s.at).reads_file_meta:
+                        return True
+                except TemplateError:
+                    continue  # renders nothing: each file it places gets the error
+        return any(reads_file_meta(node) for node in nodes)
 
     def storage_change(self, location: str, station: str | None, size: int) -> None:
         """The plan adds (or, negative, frees) `size` bytes on `location`."""
@@ -489,7 +518,7 @@ class Planner:
             del self.experiment_rows[values[0]]["id"]
 
     def file_query(self, condition: ColumnElement[bool] | None, expired_too: bool = False) -> Any:
-        columns = file_columns(self.sources)
+        columns = file_columns(self.sources, meta=self.file_meta)
         columns += [
             (fr.push.sql if fr.push.sql is not None else true()).label(fr.flag)
             for fr in self.file_rules

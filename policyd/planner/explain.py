@@ -169,7 +169,7 @@ def explain(
     experiment, sep, path = target.partition(":")
     if not sep or not experiment or not path:
         raise UnknownFile(f"{target!r} is not EXPERIMENT:PATH (e.g. Smith-Mar18:pix/a.tif)")
-    planner = Planner(config, engine, rules, PlanOptions(now))
+    planner = Planner(config, engine, rules, PlanOptions(now), every_field=True)
     return explain_file(planner, experiment, path)
 
 

@@ -46,6 +46,7 @@ class Template:
     def __init__(self, text: str, tz: tzinfo) -> None:
         self.text = text
         self.tz = tz
+        self.reads_file_meta = False  # whether a placeholder reads file.meta
         self.parts = self._parse(text)
         # The leading parts that read only the experiment render once per experiment
         # (a plan renders a template per copy, and most copies share an experiment).
@@ -73,6 +74,7 @@ class Template:
             if expr is None or problems:
                 raise TemplateError(f"bad placeholder {{{inner}}} in template {text!r}")
             node = ir.lower_value(expr, ir.Bindings(0.0, self.tz))
+            self.reads_file_meta = self.reads_file_meta or reads_file_meta(node)
             name = ".".join(getattr(expr, "path", ()))
             info = ATTRIBUTES.get(name)
             parts.append(
@@ -129,6 +131,11 @@ class Template:
 
 def _reads_file(part: Part) -> bool:
     return isinstance(part, _Placeholder) and part.reads_file
+
+
+def reads_file_meta(node: ir.Node) -> bool:
+    """Whether evaluating `node` in Python reads the file's metadata."""
+    return any(isinstance(n, ir.Meta) and n.scope == "file" for n in ir.walk(node))
 
 
 def _experiment_only(node: ir.Node) -> bool:

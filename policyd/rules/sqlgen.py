@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     or_,
     select,
     true,
@@ -334,9 +335,11 @@ def row_columns(sources: Sources) -> list[ColumnElement[Any]]:
     return [*file_columns(sources), *experiment_columns(sources)]
 
 
-def file_columns(sources: Sources) -> list[ColumnElement[Any]]:
+def file_columns(sources: Sources, *, meta: bool = True) -> list[ColumnElement[Any]]:
     """The file's own fields of a row, with its experiment's id (a planner reads the
-    few experiments once and joins them to the many files in Python)."""
+    few experiments once and joins them to the many files in Python). Without `meta`,
+    `file.meta` is null: decoding a JSON column per file is a planner's dearest column,
+    and a plan whose rules read it only in SQL has no use for it."""
     columns = [
         sources.files.c.id.label("file.id"),
         sources.experiments.c.id.label("experiment.id"),
@@ -344,7 +347,7 @@ def file_columns(sources: Sources) -> list[ColumnElement[Any]]:
     columns += [
         sources.column(name).label(name) for name in ir.FILE_FIELDS if name.startswith("file.")
     ]
-    return [*columns, sources.files.c.meta.label("file.meta")]
+    return [*columns, (sources.files.c.meta if meta else null()).label("file.meta")]
 
 
 def experiment_columns(sources: Sources) -> list[ColumnElement[Any]]:
