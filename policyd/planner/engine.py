@@ -67,7 +67,16 @@ from policyd.planner.layout import (
     TemplateError,
     reads_file_meta,
 )
-from policyd.planner.plan import AlarmChange, Blocked, Notice, Plan, PlanError, Suspended, iso
+from policyd.planner.plan import (
+    Action,
+    AlarmChange,
+    Blocked,
+    Notice,
+    Plan,
+    PlanError,
+    Suspended,
+    iso,
+)
 from policyd.planner.prefetch import prefetched
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
@@ -95,6 +104,8 @@ MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): 
 #: What a row without replicas or jobs holds (shared: nothing changes them).
 NO_REPLICAS: tuple[Replica, ...] = ()
 NO_JOBS: frozenset[tuple[str, str]] = frozenset()
+#: The kinds of action that change what a later pass may do to a file.
+FILE_STATE_KINDS = frozenset({"verify", "copy", "delete", "expire"})
 #: Functions whose value changes as the plan copies and deletes (spec/rules.md 5).
 STORAGE_FUNCTIONS = frozenset({"usage", "used", "free", "time_to_full"})
 
@@ -269,6 +280,7 @@ class Planner:
         self.sources = Sources(files, experiments, CatalogLocations(self.location_ids, tiers))
         self.min_copies = max(config.safety.min_copies, 1)
         self.grace = float(config.safety.release_grace or 0.0)
+        self.grace_text = format_duration(self.grace)
         self.location_order = {name: i for i, name in enumerate(config.locations)}
         self.plan = Plan(
             config.site,
@@ -276,7 +288,9 @@ class Planner:
             "",
             max_delete_per_run=config.safety.max_delete_per_run,
         )
-        self.planned: dict[int, Planned] = {}
+        # (experiment, path) -> what the plan does to the file, for the passes after
+        # the first; read off the plan's actions when one of them first needs it
+        self._planned: dict[tuple[str, str], Planned] | None = None
         self.templates: dict[str, Template] = {}
         self.summaries: dict[tuple[int, ...], Matched] = {}
         # flags -> the rules they hit, and what those ask when the flags decide them all
@@ -653,8 +667,9 @@ class Planner:
         protected = m.protected
         pinned = (row.get("experiment.pinned_until") or 0) > self.now
 
-        if any(self.plan_expire(fr, row, reps, protected, pinned) for fr in m.expires):
-            self.planned[row["file.id"]] = Planned(expired=True)
+        if m.expires and any(
+            self.plan_expire(fr, row, reps, protected, pinned) for fr in m.expires
+        ):
             return
 
         making = self.making(m, reps, replicas, pinned)
@@ -683,8 +698,17 @@ class Planner:
                     )
             elif isinstance(s, model.Run):
                 self.plan_run(fr, row, reps, state)
-        if state.verified or state.deleted:
-            self.planned[row["file.id"]] = state
+
+    def planned(self, row: Row) -> Planned:
+        """What the plan already does to the file of `row`, for the passes after the
+        file pass; changes made to it stay for the next pass."""
+        if self._planned is None:
+            self._planned = _planned_by_file(self.plan.actions)
+        key = (row["experiment.name"], row["file.path"])
+        found = self._planned.get(key)
+        if found is None:
+            found = self._planned[key] = Planned()
+        return found
 
     def making(
         self, m: Matched, reps: dict[str, Replica], replicas: Sequence[Replica], pinned: bool
@@ -753,7 +777,7 @@ class Planner:
             except TemplateError as exc:
                 self.error(PlanError(fr.name, experiment, path, str(exc)))
                 return
-        size = int(row.get("file.size") or 0)
+        size = int(row["file.size"] or 0)
         # A corrupt replica's bytes are already counted; the copy overwrites them.
         replaced = (
             0 if existing is None or existing.state == "missing" else _replica_bytes(existing, row)
@@ -817,8 +841,7 @@ class Planner:
         planned = {loc: aid for loc, aid in state.verified.items() if loc != location}
         required = self.min_copies
         if self.grace > 0 and len(others) + len(planned) >= required:
-            grace = format_duration(self.grace)
-            return f"release_grace: the copies it relies on are not {grace} old yet", ()
+            return f"release_grace: the copies it relies on are not {self.grace_text} old yet", ()
         if len(old) + len(planned) >= required:
             return None, _ordered_ids(planned.values())
         remaining = len(others) + len(planned)
@@ -1050,7 +1073,7 @@ class Planner:
                 matched = self.matching(row, flags)
                 protected = [f for f in matched if isinstance(f.statement, model.Protect)]
                 pinned = (row.get("experiment.pinned_until") or 0) > self.now
-                state = self.planned.setdefault(row["file.id"], Planned())
+                state = self.planned(row)
                 if state.expired:
                     continue
                 want = self.desired(row, matched, reps)
@@ -1101,12 +1124,10 @@ class Planner:
                     break
                 if not self.where_holds(fr, row):
                     continue
-                planned = self.planned.get(row["file.id"])
-                if planned is not None and (
-                    planned.expired or s.on in planned.verified or s.on in planned.deleted
-                ):
+                planned = self.planned(row)
+                if planned.expired or s.on in planned.verified or s.on in planned.deleted:
                     continue
-                self.plan.new_action(
+                action = self.plan.new_action(
                     "verify",
                     fr.name,
                     "verify",
@@ -1114,6 +1135,8 @@ class Planner:
                     file=row["file.path"],
                     target=s.on,
                 )
+                # a second verify rule on the location checks this replica no more
+                planned.verified[s.on] = action.id
                 taken += 1
 
     def grant_pass(self, conn: Connection) -> None:
@@ -1313,6 +1336,31 @@ def _catalog_locations(engine: Engine) -> tuple[dict[str, int], dict[str, str | 
     with engine.connect() as conn:
         rows = conn.execute(select(locations.c.id, locations.c.name, locations.c.tier)).all()
     return {name: id_ for id_, name, _ in rows}, {name: tier for _, name, tier in rows}
+
+
+def _planned_by_file(actions: Sequence[Action]) -> dict[tuple[str, str], Planned]:
+    """What the actions so far do to each file, by (experiment, path). Read off the plan
+    rather than kept as the file pass goes: most plans have no later pass that reads
+    it, and a record per file acted on was a tenth of a large plan's memory. A copy is
+    followed by its verify (plan_replica makes them so)."""
+    out: dict[tuple[str, str], Planned] = {}
+    for index, action in enumerate(actions):
+        if action.file is None or action.kind not in FILE_STATE_KINDS:
+            continue
+        key = (action.experiment, action.file)
+        state = out.get(key)
+        if state is None:
+            state = out[key] = Planned()
+        target = action.target or ""
+        if action.kind == "verify":
+            state.verified[target] = action.id
+        elif action.kind == "copy":
+            state.reads += ((action.source or "", action.id, actions[index + 1].id),)
+        elif action.kind == "delete":
+            state.deleted += (target,)
+        else:
+            state.expired = True
+    return out
 
 
 def _replica_bytes(replica: Replica, row: Row) -> int:

@@ -37,6 +37,7 @@ class _Placeholder:
     is_time: bool
     uses_file: bool
     reads_file: bool  # its value may differ between files of one experiment
+    field: str | None  # the field it is, when it is one bare field
 
 
 Part = str | _Placeholder
@@ -55,6 +56,12 @@ class Template:
             lead += 1
         self.lead, self.rest = self.parts[:lead], self.parts[lead:]
         self.leads: dict[object, str] = {}
+        # A rest that is one bare field, as `{file.path}` in most layouts: a text value
+        # is appended as it is (what _text makes of it), without the general loop.
+        only = self.rest[0] if len(self.rest) == 1 else None
+        self.bare_field = (
+            only.field if isinstance(only, _Placeholder) and only.fmt is None else None
+        )
 
     def _parse(self, text: str) -> list[Part]:
         parts: list[Part] = []
@@ -85,6 +92,7 @@ class Template:
                     info is not None and info.type == TIME,
                     inner.strip().startswith("file."),
                     not all(_experiment_only(n) for n in ir.walk(node)),
+                    node.name if isinstance(node, ir.Field) else None,
                 )
             )
             i = end + 1
@@ -112,6 +120,10 @@ class Template:
             lead = "".join(self._piece(part, row) for part in self.lead)
             if experiment is not None:
                 self.leads[experiment] = lead
+        if self.bare_field is not None:
+            value = row.get(self.bare_field)
+            if type(value) is str:
+                return check_path(lead + value)
         return self._render(self.rest, row, [lead], upto_file=False)
 
     def _piece(self, part: Part, row: Row) -> str:
