@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from functools import lru_cache
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError
+
+from policyd.catalog.sqlite_functions import prepare_reader
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +45,15 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     # WAL lets `plan` read while `apply` writes; NORMAL sync is durable in WAL mode
     # against process crashes, which is what the ledger's resume logic assumes.
-    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
-    # SQLAlchemy's REGEXP looks its pattern up in re's cache on every row; the
-    # planner's flags call it once per candidate file and rule.
-    dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)  # type: ignore[attr-defined]
-
-
-@lru_cache(maxsize=256)
-def _pattern(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-def _regexp(pattern: str | None, value: str | None) -> bool | None:
-    if pattern is None or value is None:
-        return None
-    return _pattern(pattern).search(value) is not None
+    prepare_reader(dbapi_conn)
 
 
 _LONG_NUMBER = re.compile(r"\d{19}")

@@ -78,6 +78,13 @@ from policyd.planner.plan import (
     iso,
 )
 from policyd.planner.prefetch import prefetched
+from policyd.planner.sqlite_reader import (
+    Request,
+    driver_statement,
+    processed,
+    read_batches,
+    result_processing,
+)
 from policyd.planner.storage import StorageState
 from policyd.rules import ir, model
 from policyd.rules.pyeval import Evaluator, ReplicaView, Row, compile_python
@@ -98,6 +105,9 @@ from policyd.stations.config import SiteConfig
 from policyd.units import format_duration
 
 BATCH = 2000
+#: A SQLite catalog with at least this many files has its file pass read by a reader
+#: process (sqlite_reader.py), which reads while the planner decides.
+READER_FROM_FILES = 50_000
 GOOD = ("present", "verified")
 #: The replica states each of a file row's masks has a bit for (migration 0003).
 MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): "held_on"}
@@ -324,6 +334,7 @@ class Planner:
         self.notice_sent: dict[tuple[str, str, str], float] = {}
         self.pending_notices: dict[tuple[str, str, str], Notice] = {}
         self.file_rules = self._compile_file_rules()
+        self.want_jobs = any(fr.verb == "run" for fr in self.file_rules)
         self.file_meta = every_field or self._reads_file_meta()
 
     # ---- compiling the rules
@@ -453,18 +464,24 @@ class Planner:
                 return None
         return and_(where, need)
 
-    def rows(self, conn: Connection, query: Any) -> Iterator[tuple[Row, tuple[bool, ...]]]:
+    def rows(
+        self, conn: Connection, query: Any, *, whole: bool = False
+    ) -> Iterator[tuple[Row, tuple[bool, ...]]]:
         """Rows of `query` (file columns and flags) with their experiment's fields, their
         replicas and jobs, batched: the query reads each file's own columns, and the few
-        experiments are read once and shared by their files' rows."""
+        experiments are read once and shared by their files' rows. `whole`: the caller
+        reads every row (the file pass)."""
         # PostgreSQL works in its own process while the planner decides: read ahead in
         # a thread. SQLite works in this one, under the GIL for every row it returns
-        # (and every REGEXP it calls back): a thread would only take turns with it.
-        source = (
-            prefetched(self._read_ahead(query))
-            if conn.dialect.name == "postgresql"
-            else self._batches(conn, query)
-        )
+        # (and every REGEXP it calls back): a thread would only take turns with it, so a
+        # large catalog's file pass is read by a process of its own.
+        database = self._reader_database(conn) if whole else None
+        if conn.dialect.name == "postgresql":
+            source = prefetched(self._read_ahead(query))
+        elif database is not None:
+            source = self._reader_batches(conn, query, database)
+        else:
+            source = self._batches(conn, query)
         names, tiers = self.location_names, self.location_tiers
         for columns, batch, replica_rows, job_rows in source:
             width = len(columns) - len(self.file_rules)
@@ -499,14 +516,41 @@ class Planner:
     def _batches(self, conn: Connection, query: Any) -> Iterator[Any]:
         """`query`'s batches with their replicas and jobs: (columns, rows, replica
         rows, job rows)."""
-        want_jobs = any(fr.verb == "run" for fr in self.file_rules)
         result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
         keys = list(result.keys())
         for batch in result.partitions():
             listed = {"ids": self.ids_value([r[0] for r in batch])}
             replica_rows = conn.execute(self.replica_query, listed).all()
-            job_rows = conn.execute(self.job_query, listed).all() if want_jobs else []
+            job_rows = conn.execute(self.job_query, listed).all() if self.want_jobs else []
             yield keys, batch, replica_rows, job_rows
+
+    def _reader_database(self, conn: Connection) -> str | None:
+        """The SQLite file a reader process should read a whole pass from: a file
+        catalog of READER_FROM_FILES files or more (below that, starting the process
+        costs more than it saves)."""
+        url = conn.engine.url
+        if conn.dialect.name != "sqlite" or url.query or url.database in (None, "", ":memory:"):
+            return None
+        most = conn.execute(select(func.max(files.c.id))).scalar_one_or_none() or 0
+        return url.database if most >= READER_FROM_FILES else None
+
+    def _reader_batches(self, conn: Connection, query: Any, database: str) -> Iterator[Any]:
+        """`_batches`, read by a reader process (policyd/planner/sqlite_reader.py)."""
+        dialect = conn.dialect
+        lookups = [self.replica_query, *([self.job_query] if self.want_jobs else [])]
+        request: Request = {
+            "database": database,
+            "query": driver_statement(query, dialect),
+            "lookups": [driver_statement(q, dialect, ids="ids") for q in lookups],
+            "batch": BATCH,
+        }
+        keys = list(query.selected_columns.keys())
+        # the file columns' result processing (the flags are used as SQLite gives them)
+        processing = result_processing(query, dialect, len(keys) - len(self.file_rules))
+        for batch, (replica_rows, *job_rows) in read_batches(request):
+            if processing:
+                batch = [processed(row, processing) for row in batch]
+            yield keys, batch, replica_rows, job_rows[0] if job_rows else []
 
     def _read_ahead(self, query: Any) -> Callable[[Callable[[Any], bool]], None]:
         """What reads `_batches` on a connection of its own, for `prefetched`."""
@@ -1040,7 +1084,7 @@ class Planner:
             for station, conditions in by_station.items()
         ]
         query = self.file_query(or_(*candidates)).order_by(files.c.id)
-        for count, (row, flags) in enumerate(self.rows(conn, query), 1):
+        for count, (row, flags) in enumerate(self.rows(conn, query, whole=True), 1):
             self.plan_file(row, flags)
             if self.progress is not None and count % 10000 == 0:
                 self.progress(count)
