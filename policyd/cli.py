@@ -26,6 +26,7 @@ from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.schema import JOB_STATUSES
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
+from policyd.planner.sqlite_reader import ReaderFailed
 from policyd.site import Site, open_site
 from policyd.units import format_size
 
@@ -61,6 +62,11 @@ def friendly_errors(func: F) -> F:
                 f"the catalog writer failed: {exc}",
                 "what was written before it is kept; fix the cause and import again "
                 "(an import is an upsert, so records are not doubled)",
+            ) from None
+        except ReaderFailed as exc:
+            raise fail(
+                str(exc),
+                "check that the catalog file is still there and that this user may read it",
             ) from None
         except OperationalError as exc:
             raise fail(

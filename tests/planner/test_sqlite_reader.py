@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from sqlalchemy import event
 
+from policyd.cli import friendly_errors
 from policyd.planner import engine as planner_engine
 from policyd.planner.engine import Planner, PlanOptions, make_plan
 from policyd.planner.run import site_rules
@@ -159,6 +161,22 @@ def test_a_missing_catalog_is_an_error_that_names_it(tmp_path: Path) -> None:
     with pytest.raises(ReaderFailed, match=r"gone\.db"):
         list(read_batches(_request(str(missing))))
     assert not missing.exists()  # the reader does not create a catalog
+
+
+def test_the_cli_says_what_failed_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @friendly_errors
+    def plan() -> None:
+        list(read_batches(_request(str(tmp_path / "gone.db"))))
+
+    with pytest.raises(click.exceptions.Exit) as exit_info:
+        plan()
+    assert exit_info.value.exit_code == 1
+    said = capsys.readouterr().err
+    assert "gone.db" in said and "unable to open database file" in said
+    assert "hint: check that the catalog file is still there" in said
+    assert "Traceback" not in said
 
 
 def test_batches_arrive_in_order_with_their_lookups(aps_catalog: str) -> None:
