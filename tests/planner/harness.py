@@ -277,3 +277,15 @@ def outcome(plan: Plan) -> dict[str, list[str]]:
             f"{n.rule} {n.experiment} {n.channel} {n.files} files {n.bytes} B" for n in plan.notices
         ],
     }
+
+
+def assert_wanted(case: dict[str, Any], result: Plan | list[str]) -> None:
+    """`plan_case`'s result is what the case wants: its check error codes, or its plan."""
+    if "want_check_errors" in case:
+        assert result == sorted(case["want_check_errors"])
+        return
+    assert not isinstance(result, list), f"check refused the rules: {result}"
+    got = outcome(result)
+    want = case["want"]
+    for key in ("actions", "blocked", "errors", "alarms", "notices"):
+        assert got[key] == list(want.get(key, [])), key
