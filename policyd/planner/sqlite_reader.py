@@ -102,10 +102,13 @@ class ReaderFailed(RuntimeError):
 def read_batches(request: Request) -> Iterator[Batch]:
     """The query's rows a batch at a time, each with its lookups' rows, read by a
     child process. Leaving the loop early ends the child."""
+    # The child finds policyd where this process did; -P keeps the working directory
+    # (a config repository, say) off its path.
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path])}
+    sent: Request = {**request, "database": str(Path(request["database"]).resolve())}
     child = subprocess.Popen(
-        [sys.executable, "-m", PROGRAM],
+        [sys.executable, "-P", "-m", PROGRAM],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -113,7 +116,7 @@ def read_batches(request: Request) -> Iterator[Batch]:
     )
     assert child.stdin is not None and child.stdout is not None and child.stderr is not None
     try:
-        pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(sent, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         child.stdin.close()
         while True:
             try:
@@ -139,7 +142,7 @@ def read_batches(request: Request) -> Iterator[Batch]:
 
 
 def _run(request: Request, out: Any) -> None:
-    database = pathname2url(str(Path(request["database"]).resolve()))
+    database = pathname2url(request["database"])
     # mode=rw: a missing file is an error, not a new empty catalog
     conn = sqlite3.connect(f"file:{database}?mode=rw", uri=True, isolation_level=None)
     prepare_reader(conn)
