@@ -157,13 +157,15 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
 
     planner_engine.read_batches = read_recorded
     event.listen(engine, "before_cursor_execute", capture)
-    began, cpu = time.perf_counter(), time.process_time()
-    plan = make_plan(site.config, engine, rules, PlanOptions(at))
-    with open(out, "wb") as handle:
-        plan.write_json(handle)
-    plan_s, cpu_s = time.perf_counter() - began, time.process_time() - cpu
-    event.remove(engine, "before_cursor_execute", capture)
-    planner_engine.read_batches = reader
+    try:
+        began, cpu = time.perf_counter(), time.process_time()
+        plan = make_plan(site.config, engine, rules, PlanOptions(at))
+        with open(out, "wb") as handle:
+            plan.write_json(handle)
+        plan_s, cpu_s = time.perf_counter() - began, time.process_time() - cpu
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+        planner_engine.read_batches = reader
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "rules_s": rules_s,

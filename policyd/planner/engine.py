@@ -111,6 +111,9 @@ READER_FROM_FILES = 50_000
 GOOD = ("present", "verified")
 #: The replica states each of a file row's masks has a bit for (migration 0003).
 MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): "held_on"}
+#: Each file rule's match flag for a row, as the database gives it: true, false, 1, 0
+#: or null. Read for its truth, and the key of the rules a row hits.
+Flags = tuple[object, ...]
 #: What a row without replicas or jobs holds (shared: nothing changes them).
 NO_REPLICAS: tuple[Replica, ...] = ()
 NO_JOBS: frozenset[tuple[str, str]] = frozenset()
@@ -214,7 +217,9 @@ class Making:
     matching rules, replica states and pinning, so it is worked out once for them all
     (unless a `replicate` chose by free space, which the plan itself changes)."""
 
-    want: dict[str, list[FileRule]]  # location -> the rules that want a replica there
+    # location -> the rules that want a replica there; shared by every file of its key,
+    # so never written after it is made
+    want: dict[str, list[FileRule]]
     # (the rule that makes it, location, copy source, a present replica to verify)
     steps: tuple[tuple[FileRule, str, str | None, bool], ...]
 
@@ -304,7 +309,7 @@ class Planner:
         self.templates: dict[str, Template] = {}
         self.summaries: dict[tuple[int, ...], Matched] = {}
         # flags -> the rules they hit, and what those ask when the flags decide them all
-        self.by_flags: dict[tuple[bool, ...], tuple[list[FileRule], Matched | None]] = {}
+        self.by_flags: dict[Flags, tuple[list[FileRule], Matched | None]] = {}
         self.makings: dict[tuple[object, ...], Making] = {}
         self.error_keys: set[tuple[str, str | None, str | None, str]] = set()
         # storage changes made by the plan so far, and the storage-reading wheres lowered
@@ -466,7 +471,7 @@ class Planner:
 
     def rows(
         self, conn: Connection, query: Any, *, whole: bool = False
-    ) -> Iterator[tuple[Row, tuple[bool, ...]]]:
+    ) -> Iterator[tuple[Row, Flags]]:
         """Rows of `query` (file columns and flags) with their experiment's fields, their
         replicas and jobs, batched: the query reads each file's own columns, and the few
         experiments are read once and shared by their files' rows. `whole`: the caller
@@ -509,8 +514,6 @@ class Planner:
                 row.update(zip(keys, values[:width], strict=True))
                 row["replicas"] = by_file.get(file_id, NO_REPLICAS)
                 row["_jobs"] = job_content.get(file_id, NO_JOBS)
-                # the flags as the database gave them (true, false, 1, 0 or null): a
-                # tuple, and the key of the rules they hit
                 yield row, values[width:]
 
     def _batches(self, conn: Connection, query: Any) -> Iterator[Any]:
@@ -594,16 +597,16 @@ class Planner:
 
     # ---- one file
 
-    def matches(self, fr: FileRule, row: Row, flags: Sequence[bool]) -> bool:
+    def matches(self, fr: FileRule, row: Row, flags: Flags) -> bool:
         if not flags[fr.index]:
             return False
         return fr.flag_decides or self.where_holds(fr, row)
 
-    def matching(self, row: Row, flags: tuple[bool, ...]) -> list[FileRule]:
+    def matching(self, row: Row, flags: Flags) -> list[FileRule]:
         """The file rules whose `where` holds for the row, in rule order."""
         return self.matched(row, flags)[0]
 
-    def matched(self, row: Row, flags: tuple[bool, ...]) -> tuple[list[FileRule], Matched]:
+    def matched(self, row: Row, flags: Flags) -> tuple[list[FileRule], Matched]:
         """The matching rules and what they ask. Where the database's flags decide every
         rule they hit, both are worked out once per set of flags."""
         known = self.by_flags.get(flags)
@@ -704,7 +707,7 @@ class Planner:
         rest.sort(key=lambda loc: (-(self.storage.free(loc) or 0), self.location_order[loc]))
         return chosen + rest[:needed], True
 
-    def plan_file(self, row: Row, flags: tuple[bool, ...]) -> None:
+    def plan_file(self, row: Row, flags: Flags) -> None:
         replicas: Sequence[Replica] = row["replicas"]
         reps = {r.location: r for r in replicas}
         _, m = self.matched(row, flags)
@@ -746,17 +749,25 @@ class Planner:
     def planned(self, row: Row) -> Planned:
         """What the plan already does to the file of `row`, for the passes after the
         file pass; changes made to it stay for the next pass."""
+        found = self.planned_if_any(row)
+        if found is None:
+            found = self._by_file()[(row["experiment.name"], row["file.path"])] = Planned()
+        return found
+
+    def planned_if_any(self, row: Row) -> Planned | None:
+        """`planned`, or None for a file the plan does nothing to yet."""
+        return self._by_file().get((row["experiment.name"], row["file.path"]))
+
+    def _by_file(self) -> dict[tuple[str, str], Planned]:
         if self._planned is None:
             self._planned = _planned_by_file(self.plan.actions)
-        key = (row["experiment.name"], row["file.path"])
-        found = self._planned.get(key)
-        if found is None:
-            found = self._planned[key] = Planned()
-        return found
+        return self._planned
 
     def making(
         self, m: Matched, reps: dict[str, Replica], replicas: Sequence[Replica], pinned: bool
     ) -> Making:
+        """What the file's wanted replicas come to, worked out once per (matching rules,
+        replica states, pinned)."""
         key = (m.key, tuple([(r.location, r.state) for r in replicas]), pinned)
         found = self.makings.get(key)
         if found is not None:
@@ -1168,8 +1179,10 @@ class Planner:
                     break
                 if not self.where_holds(fr, row):
                     continue
-                planned = self.planned(row)
-                if planned.expired or s.on in planned.verified or s.on in planned.deleted:
+                planned = self.planned_if_any(row)
+                if planned is not None and (
+                    planned.expired or s.on in planned.verified or s.on in planned.deleted
+                ):
                     continue
                 action = self.plan.new_action(
                     "verify",
@@ -1180,7 +1193,7 @@ class Planner:
                     target=s.on,
                 )
                 # a second verify rule on the location checks this replica no more
-                planned.verified[s.on] = action.id
+                (planned or self.planned(row)).verified[s.on] = action.id
                 taken += 1
 
     def grant_pass(self, conn: Connection) -> None:
@@ -1385,10 +1398,11 @@ def _catalog_locations(engine: Engine) -> tuple[dict[str, int], dict[str, str | 
 def _planned_by_file(actions: Sequence[Action]) -> dict[tuple[str, str], Planned]:
     """What the actions so far do to each file, by (experiment, path). Read off the plan
     rather than kept as the file pass goes: most plans have no later pass that reads
-    it, and a record per file acted on was a tenth of a large plan's memory. A copy is
-    followed by its verify (plan_replica makes them so)."""
+    it, and a record per file acted on was a tenth of a large plan's memory. A copy's
+    verify is the verify that waits for it alone."""
     out: dict[tuple[str, str], Planned] = {}
-    for index, action in enumerate(actions):
+    copied_from: dict[str, str] = {}  # copy action id -> its source location
+    for action in actions:
         if action.file is None or action.kind not in FILE_STATE_KINDS:
             continue
         key = (action.experiment, action.file)
@@ -1398,8 +1412,11 @@ def _planned_by_file(actions: Sequence[Action]) -> dict[tuple[str, str], Planned
         target = action.target or ""
         if action.kind == "verify":
             state.verified[target] = action.id
+            if len(action.after) == 1 and action.after[0] in copied_from:
+                copy = action.after[0]
+                state.reads += ((copied_from.pop(copy), copy, action.id),)
         elif action.kind == "copy":
-            state.reads += ((action.source or "", action.id, actions[index + 1].id),)
+            copied_from[action.id] = action.source or ""
         elif action.kind == "delete":
             state.deleted += (target,)
         else:

@@ -15,7 +15,8 @@ starts in a few tens of milliseconds. Rows come back as the driver returns them.
 
 The child is `python -m policyd.planner.sqlite_reader`: it reads one request from its
 stdin and writes ("batch", ...) items, then ("done", None), or ("error", message), to
-its stdout, pickled. A parent that stops reading closes the pipe, and the child ends.
+its stdout, pickled. A parent that stops reading kills the child; a child that dies is a
+ReaderFailed with the last line it wrote to stderr.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 from urllib.request import pathname2url
 
 from policyd.catalog.sqlite_functions import prepare_reader
@@ -89,6 +91,7 @@ def result_processing(statement: Select[Any], dialect: Dialect, upto: int) -> Pr
 
 
 def processed(row: tuple[Any, ...], processing: Processing) -> tuple[Any, ...]:
+    """`row` with `processing` applied, as SQLAlchemy's own rows would hold it."""
     values = list(row)
     for index, process in processing:
         values[index] = process(values[index])
@@ -101,47 +104,59 @@ class ReaderFailed(RuntimeError):
 
 def read_batches(request: Request) -> Iterator[Batch]:
     """The query's rows a batch at a time, each with its lookups' rows, read by a
-    child process. Leaving the loop early ends the child."""
-    # The child finds policyd where this process did; -P keeps the working directory
-    # (a config repository, say) off its path.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path])}
+    child process. Leaving the loop early kills the child."""
+    # -P keeps the working directory (a config repository, say) off the child's path;
+    # it finds policyd where this process did, and needs nothing else but the stdlib.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     sent: Request = {**request, "database": str(Path(request["database"]).resolve())}
-    child = subprocess.Popen(
-        [sys.executable, "-P", "-m", PROGRAM],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    with tempfile.TemporaryFile() as said:  # a file: a pipe the child fills would stall it
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-P", "-m", PROGRAM],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=said,
+                env=env,
+            )
+        except OSError as exc:
+            raise ReaderFailed(f"cannot start the catalog reader process: {exc}") from None
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            yield from _received(child, sent, said)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdin.close()
+            child.stdout.close()
+
+
+def _received(child: subprocess.Popen[bytes], request: Request, said: IO[bytes]) -> Iterator[Batch]:
+    assert child.stdin is not None and child.stdout is not None
     try:
-        pickle.dump(sent, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         child.stdin.close()
         while True:
-            try:
-                kind, value = pickle.load(child.stdout)
-            except EOFError:
-                child.wait()
-                said = child.stderr.read().decode(errors="replace").strip()
-                raise ReaderFailed(
-                    f"the catalog reader process ended (exit code {child.returncode}) "
-                    f"before the plan's file query did: {said or 'it said nothing'}"
-                ) from None
+            kind, value = pickle.load(child.stdout)
             if kind == "done":
                 return
             if kind == "error":
                 raise ReaderFailed(f"reading {request['database']}: {value}")
             yield value
-    finally:
-        if child.poll() is None:
-            child.kill()
+    except (EOFError, pickle.UnpicklingError, BrokenPipeError):
+        # it died before its last word: killed, out of memory, or it never started
         child.wait()
-        for stream in (child.stdin, child.stdout, child.stderr):
-            stream.close()
+        said.seek(0)
+        words = said.read().decode(errors="replace").strip().splitlines()
+        raise ReaderFailed(
+            f"the catalog reader process for {request['database']} ended with exit code "
+            f"{child.returncode} before the plan's file query did"
+            + (f": {words[-1]}" if words else "")
+        ) from None
 
 
-def _run(request: Request, out: Any) -> None:
+def _run(request: Request, out: IO[bytes]) -> None:
+    """The child's work: the query a batch at a time, each batch's lookups, to `out`."""
     database = pathname2url(request["database"])
     # mode=rw: a missing file is an error, not a new empty catalog
     conn = sqlite3.connect(f"file:{database}?mode=rw", uri=True, isolation_level=None)

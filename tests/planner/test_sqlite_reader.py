@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -198,4 +199,16 @@ def test_leaving_early_ends_the_reader(aps_catalog: str) -> None:
     next(batches)
     assert _children() - before  # the reader runs
     batches.close()
+    assert not _children() - before
+
+
+def test_a_reader_killed_mid_way_is_an_error_not_a_traceback(aps_catalog: str) -> None:
+    database = aps_catalog.removeprefix("sqlite:///")
+    before = _children()
+    batches = read_batches(_request(database))
+    next(batches)  # the child is blocked writing the next batches into the pipe
+    for pid in _children() - before:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ReaderFailed, match=r"exit code -9"):
+        list(batches)
     assert not _children() - before
