@@ -1369,6 +1369,11 @@ def session_settings(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         # JIT-compiling the planner's wide expressions costs seconds per query
         conn.execute(text("SET LOCAL jit = off"))
+        # The planner reads every row its cursors return: plan them for all of their
+        # rows, not the first tenth. Otherwise the file pass walks the files' primary
+        # key in order, a heap visit per file, where a scan and a sort of the few
+        # candidates is a fraction of that (steady state at 1M files: 3.1 s -> 1.4 s).
+        conn.execute(text("SET LOCAL cursor_tuple_fraction = 1.0"))
 
 
 def _batch_ids(engine: Engine) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:
