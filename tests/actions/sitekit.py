@@ -20,12 +20,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, select, text
 
@@ -185,6 +187,26 @@ class Site:
         config = root / "policyd.yaml"
         config.write_text(config.read_text().replace(self.catalog, catalog))
         return Site(root, catalog, list(self.files))
+
+
+@contextmanager
+def mounted(kind: str, folder: Path, *options: str) -> Iterator[Path]:
+    """`folder` as a fresh file system of `kind` (ramfs, tmpfs) for the block, unmounted
+    after. Mounting needs root: elsewhere the test skips, unless POLICYD_REQUIRE_MOUNT=1
+    (CI runs as root and sets it), where a refused mount fails the test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", kind, *options, kind, str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        problem = f"cannot mount a {kind} at {folder}: {done.stderr.strip()}"
+        if os.environ.get("POLICYD_REQUIRE_MOUNT") == "1":
+            pytest.fail(f"POLICYD_REQUIRE_MOUNT=1 but {problem}")
+        pytest.skip(problem)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def put_file(path: Path, data: bytes, mode: int, mtime_ns: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.actions.sitekit import (
     cli,
     ledger_events,
     make_site,
+    mounted,
     storage_files,
     temp_leftovers,
     verified_mismatches,
@@ -175,18 +175,8 @@ def test_checksum_mismatch_writes_nothing_and_marks_the_source_corrupt(sqlite_si
 @pytest.fixture
 def tiny_disk(sqlite_site: Site) -> Iterator[Path]:
     """The disk location's folder is a 2 MiB tmpfs."""
-    mount = sqlite_site.storage("disk")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted("tmpfs", sqlite_site.storage("disk"), "-o", "size=2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_target_full(sqlite_site: Site, tiny_disk: Path) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from tests.actions.sitekit import (
     kill_after,
     ledger_events,
     make_site,
+    mounted,
     storage_files,
     temp_leftovers,
     verified_mismatches,
@@ -117,17 +117,8 @@ def test_copies_land_checked_and_settle_puts_them_in_place(tmp_path: Path) -> No
 @pytest.fixture
 def ramfs(tmp_path: Path) -> Iterator[Path]:
     """A ramfs folder: a file system that refuses O_DIRECT."""
-    mount = tmp_path / "ramfs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "ramfs", "ramfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a ramfs here: {done.stderr.strip()}")
-    try:
+    with mounted("ramfs", tmp_path / "ramfs") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_folder_without_direct_io_gets_the_kernel_copy(ramfs: Path) -> None:
