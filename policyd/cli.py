@@ -26,7 +26,7 @@ from policyd.catalog.pipeline import StoreFailed
 from policyd.catalog.schema import JOB_STATUSES
 from policyd.catalog.stats import UnknownExperiment, collection_stats
 from policyd.diagnostics import Diagnostic, DiagnosticError, render_all
-from policyd.planner.sqlite_reader import ReaderFailed
+from policyd.planner.reader import ReaderFailed
 from policyd.site import Site, open_site
 from policyd.units import format_size
 
@@ -64,10 +64,7 @@ def friendly_errors(func: F) -> F:
                 "(an import is an upsert, so records are not doubled)",
             ) from None
         except ReaderFailed as exc:
-            raise fail(
-                str(exc),
-                "check that the catalog file is still there and that this user may read it",
-            ) from None
+            raise fail(str(exc), exc.hint) from None
         except OperationalError as exc:
             raise fail(
                 f"cannot use the catalog database: {exc.orig}",

@@ -6,14 +6,10 @@ migrated to the current schema before anything reads it.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sqlite3
 from pathlib import Path
-from typing import Any
 
-import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -22,6 +18,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError
 
+from policyd.catalog.json_columns import load_json
 from policyd.catalog.sqlite_functions import prepare_reader
 
 log = logging.getLogger(__name__)
@@ -54,18 +51,6 @@ def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
     prepare_reader(dbapi_conn)
-
-
-_LONG_NUMBER = re.compile(r"\d{19}")
-
-
-def load_json(text: str) -> Any:
-    """JSON columns decoded with orjson (a plan decodes a metadata column per
-    candidate file), except text with a 19-digit run: orjson reads integers beyond
-    64 bits as floats, where the json module keeps them exact."""
-    if _LONG_NUMBER.search(text):
-        return json.loads(text)
-    return orjson.loads(text)
 
 
 class CatalogUnavailable(RuntimeError):

@@ -1,0 +1,226 @@
+"""Reading a plan's file pass in a process of its own, while the planner decides.
+
+A plan is two kinds of work: the database finding the candidate files with their
+replicas and jobs, and Python deciding what each file needs. In one process they take
+turns: Python's sqlite3 module takes the GIL back for every row it returns, and on
+PostgreSQL a reading thread decodes every row under the GIL and waits for each of its
+round trips in turn. A reader process is a second interpreter: it runs the file query
+and each batch's lookups in one snapshot and hands the batches over a pipe while the
+planner decides on the one before, so the plan costs about the longer of the two, not
+their sum. The children are `sqlite_reader.py` and `pg_reader.py`.
+
+The planner compiles the statements (SQLAlchemy, with its parameter processing) and
+sends them as driver SQL and parameters, so a child needs only its driver and starts
+in tens of milliseconds. A child reads one Request (pickled) from its stdin and writes
+("columns", the query's type codes), ("batch", ...) items, then ("done", None), or
+("error", message), to its stdout. A parent that stops reading kills the child; a child
+that dies is a ReaderFailed with the last line it wrote to stderr.
+
+This module is loaded by the children too: it imports nothing beyond the standard
+library at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NotRequired, TypedDict
+
+if TYPE_CHECKING:  # the parent's side only: the children never load SQLAlchemy
+    from sqlalchemy.engine import Dialect
+    from sqlalchemy.sql import Select
+
+Params = list[Any] | dict[str, Any]
+
+
+class Statement(TypedDict):
+    sql: str
+    params: Params  # a list for SQLite's qmark style, a dict for psycopg2's pyformat
+    # where the values filled in per call go (a batch's ids, a chunk's bounds): their
+    # position in a list, or their key in a dict
+    slots: dict[str, int | str]
+
+
+class Request(TypedDict):
+    source: str  # the catalog, as error messages name it
+    query: Statement
+    lookups: list[Statement]
+    batch: int
+    database: NotRequired[str]  # SQLite: the catalog file
+    connect: NotRequired[dict[str, Any]]  # PostgreSQL: psycopg2.connect's arguments
+    settings: NotRequired[list[str]]  # PostgreSQL: run in each connection's transaction
+    chunks: NotRequired[Chunks]
+
+
+class Chunks(TypedDict):
+    """The query read an id range at a time, its bounds in the `low` and `high` slots:
+    PostgreSQL returns a sorted query's first row only once it has found them all."""
+
+    bounds: Statement  # the smallest and largest id
+    ids: int  # ids per range
+    settings: list[str]  # for the connection the query runs on
+
+
+Batch = tuple[list[tuple[Any, ...]], list[list[tuple[Any, ...]]]]
+
+Processing = list[tuple[int, Callable[[Any], Any]]]
+
+
+def driver_statement(
+    statement: Select[Any], dialect: Dialect, slots: tuple[str, ...] = ()
+) -> Statement:
+    """`statement` as SQLAlchemy would hand it to the driver: its text with IN lists
+    expanded, and its parameters each through its type's bind processing. `slots` name
+    the parameters filled in per call."""
+    compiled = statement.compile(dialect=dialect)
+    state = compiled.construct_expanded_state(dict.fromkeys(slots) if slots else None)
+    values = state.parameters
+
+    def bound(name: str) -> Any:
+        process = state.processors.get(name)
+        return values[name] if process is None else process(values[name])
+
+    names = state.positiontup
+    if names is None:  # named parameters (psycopg2)
+        return {
+            "sql": state.statement,
+            "params": {name: bound(name) for name in values},
+            "slots": {slot: slot for slot in slots},
+        }
+    return {
+        "sql": state.statement,
+        "params": [bound(name) for name in names],
+        "slots": {slot: list(names).index(slot) for slot in slots},
+    }
+
+
+def filled(statement: Statement, **values: Any) -> Params:
+    """`statement`'s parameters with `values` in their slots."""
+    params = statement["params"]
+    if isinstance(params, dict):
+        return {**params, **{statement["slots"][k]: v for k, v in values.items()}}
+    out = list(params)
+    for name, value in values.items():
+        out[int(statement["slots"][name])] = value
+    return out
+
+
+def result_processing(
+    statement: Select[Any], dialect: Dialect, upto: int, codes: Sequence[Any]
+) -> Processing:
+    """What SQLAlchemy does to the first `upto` columns of `statement`'s rows (decoding
+    JSON, ...), for rows read straight from the driver; `codes` are the type codes of
+    the driver's cursor description, which some processing depends on."""
+    out: Processing = []
+    for index, column in enumerate(list(statement.selected_columns)[:upto]):
+        impl = column.type.dialect_impl(dialect)
+        process = impl.result_processor(dialect, codes[index])
+        if process is not None:
+            out.append((index, process))
+    return out
+
+
+def processed(row: tuple[Any, ...], processing: Processing) -> tuple[Any, ...]:
+    """`row` with `processing` applied, as SQLAlchemy's own rows would hold it."""
+    values = list(row)
+    for index, process in processing:
+        values[index] = process(values[index])
+    return tuple(values)
+
+
+class ReaderFailed(RuntimeError):
+    """The reader process could not read the catalog; the message says why, the hint
+    what to check."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def read_batches(
+    program: str, request: Request, hint: str, columns: Callable[[list[Any]], None]
+) -> Iterator[Batch]:
+    """The query's rows a batch at a time, each with its lookups' rows, read by the
+    child `python -m program`; before the first, `columns` gets the type codes of the
+    query's columns. Leaving the loop early kills the child. `hint` is what a
+    ReaderFailed tells the user to check."""
+    # -P keeps the working directory (a config repository, say) off the child's path;
+    # it finds policyd where this process did.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with tempfile.TemporaryFile() as said:  # a file: a pipe the child fills would stall it
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-P", "-m", program],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=said,
+                env=env,
+            )
+        except OSError as exc:
+            raise ReaderFailed(f"cannot start the catalog reader process: {exc}", hint) from None
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            yield from _received(child, request, said, hint, columns)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdin.close()
+            child.stdout.close()
+
+
+def _received(
+    child: subprocess.Popen[bytes],
+    request: Request,
+    said: IO[bytes],
+    hint: str,
+    columns: Callable[[list[Any]], None],
+) -> Iterator[Batch]:
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        child.stdin.close()
+        while True:
+            kind, value = pickle.load(child.stdout)
+            if kind == "done":
+                return
+            if kind == "error":
+                raise ReaderFailed(f"reading {request['source']}: {value}", hint)
+            if kind == "columns":
+                columns(value)
+            else:
+                yield value
+    except (EOFError, pickle.UnpicklingError, BrokenPipeError):
+        # it died before its last word: killed, out of memory, or it never started
+        child.wait()
+        said.seek(0)
+        words = said.read().decode(errors="replace").strip().splitlines()
+        raise ReaderFailed(
+            f"the catalog reader process for {request['source']} ended with exit code "
+            f"{child.returncode} before the plan's file query did"
+            + (f": {words[-1]}" if words else ""),
+            hint,
+        ) from None
+
+
+def send(out: IO[bytes], kind: str, value: Any) -> None:
+    """One item of a child's answer."""
+    pickle.dump((kind, value), out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
+
+
+def serve(run: Callable[[Request, IO[bytes]], None], failures: tuple[type[Exception], ...]) -> None:
+    """A child's main: the request from stdin, `run`'s answer to stdout; an error of
+    one of the `failures` kinds is the answer's last word."""
+    out = sys.stdout.buffer
+    try:
+        run(pickle.load(sys.stdin.buffer), out)
+    except BrokenPipeError:
+        return  # the planner stopped reading
+    except failures as exc:
+        send(out, "error", f"{type(exc).__name__}: {str(exc).strip()}")
