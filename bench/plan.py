@@ -172,7 +172,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
     event.listen(engine, "before_cursor_execute", capture)
     try:
         began, cpu = time.perf_counter(), time.process_time()
-        plan = make_plan(site.config, engine, rules, PlanOptions(at))
+        plan = make_plan(site.config, engine, rules, PlanOptions(at, json=True))
         with open(out, "wb") as handle:
             plan.write_json(handle)
         plan_s, cpu_s = time.perf_counter() - began, time.process_time() - cpu

@@ -469,7 +469,9 @@ def plan(
     from policyd.planner.run import plan_site
 
     site = site_for(config)
-    options = PlanOptions(parse_at(at, site), rules, station)
+    options = PlanOptions(
+        parse_at(at, site), rules, station, json=out_file is not None or fmt == "json"
+    )
     with PlanningProgress() as progress:
         try:
             result = plan_site(site, options, progress.update)

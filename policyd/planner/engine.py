@@ -245,6 +245,8 @@ class PlanOptions:
     now: float
     rules: Sequence[str] = ()  # full or short names; empty means every rule
     station: str | None = None
+    # the caller writes the plan as JSON: encode actions while waiting for the catalog
+    json: bool = False
 
 
 LIVE_REASON = "reads usage, used, free or time_to_full, which change as the plan copies and deletes"
@@ -292,6 +294,7 @@ class Planner:
         self.engine = engine
         self.now = options.now
         self.station = options.station
+        self.json = options.json
         self.rules = [r for r in rules if not r.disabled]
         self.selected = select_rules(self.rules, options.rules)
         if self.station is not None:
@@ -597,7 +600,9 @@ class Planner:
         def columns(codes: list[Any]) -> None:
             processing[:] = result_processing(query, dialect, width, codes)
 
-        for batch, (replica_rows, *job_rows) in read_batches(program, request, hint, columns):
+        idle = self.plan.encode_ahead if self.json else None
+        reading = read_batches(program, request, hint, columns, idle)
+        for batch, (replica_rows, *job_rows) in reading:
             if processing:
                 batch = [processed(row, processing) for row in batch]
             yield keys, batch, replica_rows, job_rows[0] if job_rows else []

@@ -176,13 +176,22 @@ class _JsonItem(Protocol):
 _CHUNK: Final = 1024
 
 
-def _write_items(out: IO[bytes], items: Sequence[_JsonItem]) -> None:
+def _chunk_text(items: Sequence[_JsonItem]) -> bytes:
+    """`items` one per line. Joined at once: orjson's result for each item holds a
+    buffer of a few KB, so a plan's lines kept apart would take over a GB."""
+    return b",\n    ".join([orjson.dumps(item.as_json()) for item in items])
+
+
+def _write_items(out: IO[bytes], items: Sequence[_JsonItem], encoded: Sequence[bytes] = ()) -> None:
     """`items` one per line, a chunk at a time: one join and one write per chunk rather
-    than two writes per item, and no more than a chunk of text held at once."""
-    for start in range(0, len(items), _CHUNK):
-        lines = [orjson.dumps(item.as_json()) for item in items[start : start + _CHUNK]]
+    than two writes per item. `encoded` holds the text of the first chunks, if they
+    were encoded ahead."""
+    for number, start in enumerate(range(0, len(items), _CHUNK)):
         out.write(b"\n    " if start == 0 else b",\n    ")
-        out.write(b",\n    ".join(lines))
+        if number < len(encoded):
+            out.write(encoded[number])
+        else:
+            out.write(_chunk_text(items[start : start + _CHUNK]))
 
 
 @dataclass(slots=True)
@@ -228,6 +237,9 @@ class Plan:
     notices: list[Notice] = field(default_factory=list)
     suspended: list[Suspended] = field(default_factory=list)
     max_delete_per_run: int | None = None
+    # the text of the first chunks of actions, encoded while the planner waited for
+    # the catalog (an action does not change once made)
+    encoded: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
     def new_action(
         self,
@@ -270,6 +282,17 @@ class Plan:
         )
         self.actions.append(action)
         return action
+
+    def encode_ahead(self) -> bool:
+        """Encode the next whole chunk of the actions made so far, if there is one, for
+        write_json; whether another is ready. Called when the planner would otherwise
+        wait: a plan of 1M files spends about a sixth of its time encoding, which then
+        costs nothing."""
+        start = len(self.encoded) * _CHUNK
+        if len(self.actions) - start < _CHUNK:
+            return False
+        self.encoded.append(_chunk_text(self.actions[start : start + _CHUNK]))
+        return len(self.actions) - start >= 2 * _CHUNK
 
     @property
     def has_changes(self) -> bool:
@@ -314,7 +337,7 @@ class Plan:
             ("suspended", self.suspended),
         ):
             out.write(b',\n  "' + name.encode() + b'": [')
-            _write_items(out, items)
+            _write_items(out, items, self.encoded if name == "actions" else ())
             out.write(b"\n  ]" if items else b"]")
         out.write(b',\n  "summary": ' + orjson.dumps(self.summary()) + b"\n}\n")
 

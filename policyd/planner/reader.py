@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import subprocess
 import sys
 import tempfile
@@ -143,12 +144,17 @@ class ReaderFailed(RuntimeError):
 
 
 def read_batches(
-    program: str, request: Request, hint: str, columns: Callable[[list[Any]], None]
+    program: str,
+    request: Request,
+    hint: str,
+    columns: Callable[[list[Any]], None],
+    idle: Callable[[], bool] | None = None,
 ) -> Iterator[Batch]:
     """The query's rows a batch at a time, each with its lookups' rows, read by the
     child `python -m program`; before the first, `columns` gets the type codes of the
-    query's columns. Leaving the loop early kills the child. `hint` is what a
-    ReaderFailed tells the user to check."""
+    query's columns. While the next batch is not there yet, `idle` is called for as
+    long as it says it has more to do. Leaving the loop early kills the child. `hint`
+    is what a ReaderFailed tells the user to check."""
     # -P keeps the working directory (a config repository, say) off the child's path;
     # it finds policyd where this process did.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -165,7 +171,7 @@ def read_batches(
             raise ReaderFailed(f"cannot start the catalog reader process: {exc}", hint) from None
         assert child.stdin is not None and child.stdout is not None
         try:
-            yield from _received(child, request, said, hint, columns)
+            yield from _received(child, request, said, hint, columns, idle)
         finally:
             if child.poll() is None:
                 child.kill()
@@ -180,13 +186,20 @@ def _received(
     said: IO[bytes],
     hint: str,
     columns: Callable[[list[Any]], None],
+    idle: Callable[[], bool] | None,
 ) -> Iterator[Batch]:
     assert child.stdin is not None and child.stdout is not None
+    answer = child.stdout
     try:
         pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         child.stdin.close()
         while True:
-            kind, value = pickle.load(child.stdout)
+            # the pipe, not the buffer in front of it: a batch is larger than the
+            # buffer, so an empty pipe means the child is still at work (at worst,
+            # one idle call's wait for the small last items)
+            while idle is not None and not select.select([answer], [], [], 0)[0] and idle():
+                pass
+            kind, value = pickle.load(answer)
             if kind == "done":
                 return
             if kind == "error":

@@ -87,13 +87,14 @@ def aps_pg_catalog(aps_source: Path, pg_database: str) -> Iterator[str]:
 
 
 def _aps_plan(url: str, monkeypatch: pytest.MonkeyPatch, reader_from: int) -> bytes:
+    """The examples/aps plan's file. Read by a reader, it is encoded ahead (json=True)
+    whenever the planner waits for the next batch."""
     monkeypatch.setenv("POLICYD_CATALOG", url)
     monkeypatch.setattr(planner_engine, "READER_FROM_FILES", reader_from)
     site = Site(load_site_config(APS))
+    options = PlanOptions(time_value(AT, site.tz), json=reader_from == 0)
     try:
-        plan = make_plan(
-            site.config, site.reader, site_rules(site.config), PlanOptions(time_value(AT, site.tz))
-        )
+        plan = make_plan(site.config, site.reader, site_rules(site.config), options)
         return plan.json_bytes()
     finally:
         site.reader.dispose()
