@@ -123,7 +123,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
     os.environ["POLICYD_CATALOG"] = url
     from policyd.planner import engine as planner_engine
     from policyd.planner.engine import PlanOptions, make_plan
-    from policyd.planner.reader import filled
+    from policyd.planner.reader import filled, id_ranges
     from policyd.planner.run import site_rules
     from policyd.rules.ir import time_value
     from policyd.site import Site
@@ -155,8 +155,8 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
                 bounds = chunks["bounds"]
                 low, high = conn.exec_driver_sql(bounds["sql"], bounds["params"]).one()
             statements.extend((sql, {}, False) for sql in chunks["settings"])
-            for start in range(low, high + 1, chunks["ids"]):
-                params = filled(query, chunk_low=start, chunk_high=start + chunks["ids"])
+            for start, end in id_ranges(low, high, chunks["ids"]):
+                params = filled(query, chunk_low=start, chunk_high=end)
                 statements.append((query["sql"], params, True))
             # "SET LOCAL name = value": the lookups run on a connection without them
             statements.extend((f"RESET {sql.split()[2]}", {}, False) for sql in chunks["settings"])

@@ -1207,17 +1207,33 @@ class Planner:
         return (self.storage.used(*usage) - announced) / limit <= s.until
 
     def verify_pass(self, conn: Connection) -> None:
+        counts: dict[int, int] = {}  # location id -> its replicas, for each rule's sample
         for fr in self.file_rules:
             s = fr.statement
             if not (fr.selected and isinstance(s, model.Verify)) or s.on not in self.location_ids:
                 continue
             location_id = self.location_ids[s.on]
-            on_location = and_(replicas.c.location_id == location_id, replicas.c.state.in_(GOOD))
-            total = conn.execute(select(func.count()).where(on_location)).scalar_one()
+            at_location = replicas.c.location_id == location_id
+            verified_at = replicas.c.verified_at
+            never, before = verified_at.is_(None), verified_at < self.now - s.every
+            # Nothing due is the usual case, and the (location, verified_at) index answers
+            # it, one probe per half of "never or before" (in any state: a superset). The
+            # query below may first scan every file for the rule's own condition:
+            # PostgreSQL overestimates the never verified replicas of a location whose
+            # replicas are all verified, and reads the files first (0.18 s at 1M files).
+            maybe = or_(exists().where(at_location, never), exists().where(at_location, before))
+            if not conn.execute(select(maybe)).scalar_one():
+                continue
+            on_location = and_(at_location, replicas.c.state.in_(GOOD))
+            total = counts.get(location_id)
+            if total is None:
+                total = counts[location_id] = conn.execute(
+                    select(func.count()).where(on_location)
+                ).scalar_one()
             limit = total if s.sample is None else math.ceil(total * s.sample)
             if limit <= 0:
                 continue
-            due = or_(replicas.c.verified_at.is_(None), replicas.c.verified_at < self.now - s.every)
+            due = or_(never, before)
             where = fr.push.sql if fr.push.sql is not None else true()
             query = (
                 self.file_query(where)

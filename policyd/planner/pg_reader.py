@@ -21,7 +21,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from policyd.catalog.json_columns import load_json
-from policyd.planner.reader import Request, filled, send, serve
+from policyd.planner.reader import Request, filled, id_ranges, send, serve
 
 PROGRAM = "policyd.planner.pg_reader"
 HINT = "check that the PostgreSQL server is up and that this user may read the catalog"
@@ -57,14 +57,17 @@ def _file_rows(conn: Any, request: Request) -> Iterator[list[Any]]:
         ranges: list[dict[str, Any]] = [{}]
     else:
         with conn.cursor() as cursor:
-            _execute_all(cursor, chunks["settings"])
+            # the bounds first: an index scan finds them (the settings turn it off)
             cursor.execute(chunks["bounds"]["sql"], chunks["bounds"]["params"])
             low, high = cursor.fetchone()
-        step = chunks["ids"]
+            _execute_all(cursor, chunks["settings"])
         ranges = (
             []
             if low is None
-            else [{"chunk_low": s, "chunk_high": s + step} for s in range(low, high + 1, step)]
+            else [
+                {"chunk_low": start, "chunk_high": end}
+                for start, end in id_ranges(low, high, chunks["ids"])
+            ]
         )
     for number, bounds in enumerate(ranges):
         with conn.cursor(f"policyd_files_{number}") as cursor:

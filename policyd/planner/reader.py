@@ -67,6 +67,18 @@ class Chunks(TypedDict):
     settings: list[str]  # for the connection the query runs on
 
 
+def id_ranges(low: int, high: int, step: int) -> list[tuple[int, int]]:
+    """[start, end) ranges that cover the ids low..high, `step` ids each but the first
+    few (an eighth of it, a quarter, a half): the planner waits for the first range's
+    scan and sort with nothing to do."""
+    out: list[tuple[int, int]] = []
+    start, size = low, max(step // 8, 1)
+    while start <= high:
+        out.append((start, start + size))
+        start, size = start + size, min(size * 2, step)
+    return out
+
+
 Batch = tuple[list[tuple[Any, ...]], list[list[tuple[Any, ...]]]]
 
 Processing = list[tuple[int, Callable[[Any], Any]]]
