@@ -123,7 +123,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
     os.environ["POLICYD_CATALOG"] = url
     from policyd.planner import engine as planner_engine
     from policyd.planner.engine import PlanOptions, make_plan
-    from policyd.planner.reader import filled, id_ranges
+    from policyd.planner.reader import filled, id_ranges, lookup_ids
     from policyd.planner.run import site_rules
     from policyd.rules.ir import time_value
     from policyd.site import Site
@@ -161,8 +161,10 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
             # "SET LOCAL name = value": the lookups run on a connection without them
             statements.extend((f"RESET {sql.split()[2]}", {}, False) for sql in chunks["settings"])
         for batch, found in reader(program, request, *rest):
-            ids = [row[0] for row in batch]
             for lookup in request["lookups"]:
+                ids = lookup_ids(lookup, batch)
+                if not ids:
+                    continue  # the reader skips it
                 sqlite = isinstance(lookup["params"], list)
                 listed = "[" + ",".join(map(str, ids)) + "]" if sqlite else ids
                 statements.append((lookup["sql"], filled(lookup, ids=listed), False))

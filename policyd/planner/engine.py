@@ -358,7 +358,8 @@ class Planner:
         self.notice_sent: dict[tuple[str, str, str], float] = {}
         self.pending_notices: dict[tuple[str, str, str], Notice] = {}
         self.file_rules = self._compile_file_rules()
-        self.want_jobs = any(fr.verb == "run" for fr in self.file_rules)
+        # the flags of the run rules: only the files one of them hits need their jobs
+        self.run_flags = [fr.index for fr in self.file_rules if fr.verb == "run"]
         self.file_meta = every_field or self._reads_file_meta()
 
     # ---- compiling the rules
@@ -540,10 +541,16 @@ class Planner:
         rows, job rows)."""
         result = conn.execute(query.execution_options(stream_results=True, yield_per=BATCH))
         keys = list(result.keys())
+        runs = [len(keys) - len(self.file_rules) + i for i in self.run_flags]
         for batch in result.partitions():
             listed = {"ids": self.ids_value([r[0] for r in batch])}
             replica_rows = conn.execute(self.replica_query, listed).all()
-            job_rows = conn.execute(self.job_query, listed).all() if self.want_jobs else []
+            run_ids = [r[0] for r in batch if any(r[i] for i in runs)]
+            job_rows = (
+                conn.execute(self.job_query, {"ids": self.ids_value(run_ids)}).all()
+                if run_ids
+                else []
+            )
             yield keys, batch, replica_rows, job_rows
 
     def _reader(self, conn: Connection) -> tuple[str, str, Request] | None:
@@ -570,11 +577,17 @@ class Planner:
     ) -> Iterator[Any]:
         """`_batches`, read by a reader process."""
         dialect = conn.dialect
-        lookups = [self.replica_query, *([self.job_query] if self.want_jobs else [])]
+        keys = list(query.selected_columns.keys())
+        width = len(keys) - len(self.file_rules)
+        lookups = [driver_statement(self.replica_query, dialect, ("ids",))]
+        if self.run_flags:
+            jobs_lookup = driver_statement(self.job_query, dialect, ("ids",))
+            jobs_lookup["when"] = [width + i for i in self.run_flags]
+            lookups.append(jobs_lookup)
         request: Request = {
             **where,
             "query": driver_statement(query, dialect),
-            "lookups": [driver_statement(q, dialect, ("ids",)) for q in lookups],
+            "lookups": lookups,
             "batch": BATCH,
         }
         if dialect.name == "postgresql":
@@ -592,8 +605,6 @@ class Planner:
                 "ids": CHUNK_IDS,
                 "settings": list(PG_CHUNK_SETTINGS),
             }
-        keys = list(query.selected_columns.keys())
-        width = len(keys) - len(self.file_rules)
         # the file columns' result processing (the flags are used as the driver gives them)
         processing: list[tuple[int, Callable[[Any], Any]]] = []
 

@@ -21,7 +21,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from policyd.catalog.json_columns import load_json
-from policyd.planner.reader import Request, filled, id_ranges, send, serve
+from policyd.planner.reader import Request, filled, id_ranges, lookup_ids, send, serve
 
 PROGRAM = "policyd.planner.pg_reader"
 HINT = "check that the PostgreSQL server is up and that this user may read the catalog"
@@ -104,11 +104,12 @@ def _run(request: Request, out: IO[bytes]) -> None:
     if not isinstance(item := batches.get(), _End):
         send(out, "columns", item)
         while not isinstance(item := batches.get(), _End):
-            ids = [row[0] for row in item]
             found = []
             for statement in request["lookups"]:
-                lookup.execute(statement["sql"], filled(statement, ids=ids))
-                found.append(lookup.fetchall())
+                ids = lookup_ids(statement, item)
+                if ids:
+                    lookup.execute(statement["sql"], filled(statement, ids=ids))
+                found.append(lookup.fetchall() if ids else [])
             send(out, "batch", (item, found))
     if item.error is not None:
         raise item.error

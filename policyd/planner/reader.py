@@ -45,6 +45,9 @@ class Statement(TypedDict):
     # where the values filled in per call go (a batch's ids, a chunk's bounds): their
     # position in a list, or their key in a dict
     slots: dict[str, int | str]
+    # a lookup's: the columns of the query's rows one of which must be true for a row's
+    # id to be looked up (none: every row's)
+    when: NotRequired[list[int]]
 
 
 class Request(TypedDict):
@@ -110,6 +113,14 @@ def driver_statement(
         "params": [bound(name) for name in names],
         "slots": {slot: list(names).index(slot) for slot in slots},
     }
+
+
+def lookup_ids(statement: Statement, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The ids of the rows a lookup is for (the first column is the id)."""
+    when = statement.get("when")
+    if not when:
+        return [row[0] for row in rows]
+    return [row[0] for row in rows if any(row[i] for i in when)]
 
 
 def filled(statement: Statement, **values: Any) -> Params:
@@ -234,8 +245,10 @@ def _received(
 
 
 def send(out: IO[bytes], kind: str, value: Any) -> None:
-    """One item of a child's answer."""
-    pickle.dump((kind, value), out, protocol=pickle.HIGHEST_PROTOCOL)
+    """One item of a child's answer, in one write: the GIL is released for all of it,
+    where pickling into the pipe takes it back for every piece the pipe accepts, and
+    waits for a thread that holds it each time."""
+    out.write(pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
     out.flush()
 
 

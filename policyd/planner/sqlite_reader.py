@@ -13,7 +13,7 @@ from typing import IO
 from urllib.request import pathname2url
 
 from policyd.catalog.sqlite_functions import prepare_reader
-from policyd.planner.reader import Request, filled, send, serve
+from policyd.planner.reader import Request, filled, lookup_ids, send, serve
 
 PROGRAM = "policyd.planner.sqlite_reader"
 HINT = "check that the catalog file is still there and that this user may read it"
@@ -30,11 +30,11 @@ def _run(request: Request, out: IO[bytes]) -> None:
     cursor = conn.execute(query["sql"], query["params"])
     send(out, "columns", [column[1] for column in cursor.description])
     while batch := cursor.fetchmany(request["batch"]):
-        ids = "[" + ",".join(str(row[0]) for row in batch) + "]"
-        found = [
-            conn.execute(lookup["sql"], filled(lookup, ids=ids)).fetchall()
-            for lookup in request["lookups"]
-        ]
+        found = []
+        for lookup in request["lookups"]:
+            ids = "[" + ",".join(map(str, lookup_ids(lookup, batch))) + "]"
+            rows = conn.execute(lookup["sql"], filled(lookup, ids=ids)) if ids != "[]" else ()
+            found.append(list(rows))
         send(out, "batch", (batch, found))
     conn.execute("COMMIT")
     send(out, "done", None)

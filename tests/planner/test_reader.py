@@ -30,6 +30,7 @@ from policyd.planner.reader import (
     driver_statement,
     filled,
     id_ranges,
+    lookup_ids,
     read_batches,
 )
 from policyd.planner.run import site_rules
@@ -358,3 +359,12 @@ def test_a_reader_killed_mid_way_is_an_error_not_a_traceback(aps_request: Any) -
     with pytest.raises(ReaderFailed, match=r"exit code -9"):
         list(batches)
     assert not _children() - before
+
+
+def test_a_lookup_with_a_condition_is_for_the_rows_it_names() -> None:
+    """The jobs lookup is for the files a run rule hit: its flag columns, any true."""
+    rows = [(1, "a", True, None), (2, "b", False, 0), (3, "c", None, 1), (4, "d", 0, False)]
+    every: Any = {"sql": "", "params": [], "slots": {}}
+    assert lookup_ids(every, rows) == [1, 2, 3, 4]
+    assert lookup_ids({**every, "when": [2, 3]}, rows) == [1, 3]
+    assert lookup_ids({**every, "when": [3]}, rows[:2]) == []
