@@ -72,10 +72,10 @@ class Chunks(TypedDict):
 
 def id_ranges(low: int, high: int, step: int) -> list[tuple[int, int]]:
     """[start, end) ranges that cover the ids low..high, `step` ids each but the first
-    few (an eighth of it, a quarter, a half): the planner waits for the first range's
-    scan and sort with nothing to do."""
+    few (a 32nd of it, doubling): the planner waits for the first range's scan and
+    sort with nothing to do."""
     out: list[tuple[int, int]] = []
-    start, size = low, max(step // 8, 1)
+    start, size = low, max(step // 32, 1)
     while start <= high:
         out.append((start, start + size))
         start, size = start + size, min(size * 2, step)

@@ -324,7 +324,7 @@ def test_batches_arrive_in_order_with_their_lookups(aps_request: Any) -> None:
         assert sizes == [500] * 6
     else:  # each range's batches, the first ranges smaller
         spans = [min(end, 3001) - start for start, end in id_ranges(1, 3000, 700)]
-        assert spans[:5] == [87, 174, 348, 696, 700] and sum(spans) == 3000
+        assert spans[:7] == [21, 42, 84, 168, 336, 672, 700] and sum(spans) == 3000
         assert sizes == [n for span in spans for n in [500] * (span // 500) + [span % 500] if n]
     # each batch's lookup counted the replicas of that batch's files
     assert sum(found[0][0][0] for _, found in batches) > 3000
