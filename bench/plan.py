@@ -143,7 +143,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
 
     reader = planner_engine.read_batches
 
-    def read_recorded(program: str, request: Any, *rest: Any) -> Any:
+    def read_recorded(process: Any, request: Any, *rest: Any) -> Any:
         """The reader process's statements, as it runs them: its file query (on
         PostgreSQL an id range at a time, with the settings it runs them under), and
         each batch's lookups with that batch's ids."""
@@ -160,7 +160,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
                 statements.append((query["sql"], params, True))
             # "SET LOCAL name = value": the lookups run on a connection without them
             statements.extend((f"RESET {sql.split()[2]}", {}, False) for sql in chunks["settings"])
-        for batch, found in reader(program, request, *rest):
+        for batch, found in reader(process, request, *rest):
             for lookup in request["lookups"]:
                 ids = lookup_ids(lookup, batch)
                 if not ids:

@@ -82,6 +82,7 @@ from policyd.planner.plan import (
 )
 from policyd.planner.prefetch import prefetched
 from policyd.planner.reader import (
+    ReaderProcess,
     Request,
     driver_statement,
     processed,
@@ -295,6 +296,8 @@ class Planner:
         self.now = options.now
         self.station = options.station
         self.json = options.json
+        # the reader process the file pass will read through, started early
+        self.reader: tuple[ReaderProcess, Request] | None = None
         self.rules = [r for r in rules if not r.disabled]
         self.selected = select_rules(self.rules, options.rules)
         if self.station is not None:
@@ -500,7 +503,9 @@ class Planner:
         # reads: PostgreSQL works in its own process while the planner decides, so a
         # thread reads ahead; SQLite works in this one, under the GIL for every row it
         # returns, so a thread would only take turns with the planner.
-        reader = self._reader(conn) if whole else None
+        reader = None
+        if whole:  # the reader started for it, which nothing else may use
+            reader, self.reader = self.reader, None
         if reader is not None:
             source = self._reader_batches(conn, query, *reader)
         elif conn.dialect.name == "postgresql":
@@ -553,10 +558,10 @@ class Planner:
             )
             yield keys, batch, replica_rows, job_rows
 
-    def _reader(self, conn: Connection) -> tuple[str, str, Request] | None:
-        """The reader process that should read a whole pass, its hint on failure, and
-        how it reaches the catalog: for a catalog of READER_FROM_FILES files or more
-        (below that, starting the process costs more than it saves)."""
+    def _start_reader(self, conn: Connection) -> tuple[ReaderProcess, Request] | None:
+        """The reader process that reads the file pass, started, and how it reaches the
+        catalog: for a catalog of READER_FROM_FILES files or more (below that,
+        starting the process costs more than it saves)."""
         url, dialect = conn.engine.url, conn.dialect
         in_file = url.database not in (None, "", ":memory:") and not url.query
         if dialect.name == "sqlite" and in_file:
@@ -570,10 +575,12 @@ class Planner:
         else:
             return None
         most = conn.execute(select(func.max(files.c.id))).scalar_one_or_none() or 0
-        return (*reader, where) if most >= READER_FROM_FILES else None  # type: ignore[return-value]
+        if most < READER_FROM_FILES:
+            return None
+        return ReaderProcess(*reader), where  # type: ignore[typeddict-item]
 
     def _reader_batches(
-        self, conn: Connection, query: Any, program: str, hint: str, where: Request
+        self, conn: Connection, query: Any, reader: ReaderProcess, where: Request
     ) -> Iterator[Any]:
         """`_batches`, read by a reader process."""
         dialect = conn.dialect
@@ -612,7 +619,7 @@ class Planner:
             processing[:] = result_processing(query, dialect, width, codes)
 
         idle = self.plan.encode_ahead if self.json else None
-        reading = read_batches(program, request, hint, columns, idle)
+        reading = read_batches(reader, request, columns, idle)
         for batch, (replica_rows, *job_rows) in reading:
             if processing:
                 batch = [processed(row, processing) for row in batch]
@@ -1129,17 +1136,24 @@ class Planner:
             }
 
     def run(self) -> Plan:
-        self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
-        self.prepare()
-        with self.engine.connect() as conn:
-            session_settings(conn)
-            self.plan.suspended = suspended_actions(conn)
-            self.file_pass(conn)
-            self.threshold_pass(conn)
-            self.verify_pass(conn)
-            self.grant_pass(conn)
-            self.alarm_pass(conn)
-        return self.plan
+        if any(fr.selected for fr in self.file_rules):
+            with self.engine.connect() as conn:
+                self.reader = self._start_reader(conn)
+        try:
+            self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
+            self.prepare()
+            with self.engine.connect() as conn:
+                session_settings(conn)
+                self.plan.suspended = suspended_actions(conn)
+                self.file_pass(conn)
+                self.threshold_pass(conn)
+                self.verify_pass(conn)
+                self.grant_pass(conn)
+                self.alarm_pass(conn)
+            return self.plan
+        finally:
+            if self.reader is not None:  # the file pass did not need it
+                self.reader[0].close()
 
     def file_pass(self, conn: Connection) -> None:
         by_station: dict[str | None, list[ColumnElement[bool]]] = {}

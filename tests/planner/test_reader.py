@@ -27,6 +27,7 @@ from policyd.planner import pg_reader, sqlite_reader
 from policyd.planner.engine import Planner, PlanOptions, make_plan
 from policyd.planner.reader import (
     ReaderFailed,
+    ReaderProcess,
     driver_statement,
     filled,
     id_ranges,
@@ -112,9 +113,9 @@ def _counting_readers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     started: list[str] = []
     real = planner_engine.read_batches
 
-    def counted(program: str, *rest: Any) -> Any:
-        started.append(program)
-        return real(program, *rest)
+    def counted(process: ReaderProcess, *rest: Any) -> Any:
+        started.append(process.program)
+        return real(process, *rest)
 
     monkeypatch.setattr(planner_engine, "read_batches", counted)
     return started
@@ -268,7 +269,8 @@ def _batches(request: Any, codes: list[Any] | None = None) -> Iterator[Any]:
         if "connect" in request
         else (sqlite_reader.PROGRAM, sqlite_reader.HINT)
     )
-    return read_batches(program, request, hint, (codes if codes is not None else []).extend)
+    reader = ReaderProcess(program, hint)
+    return read_batches(reader, request, (codes if codes is not None else []).extend)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
@@ -368,3 +370,30 @@ def test_a_lookup_with_a_condition_is_for_the_rows_it_names() -> None:
     assert lookup_ids(every, rows) == [1, 2, 3, 4]
     assert lookup_ids({**every, "when": [2, 3]}, rows) == [1, 3]
     assert lookup_ids({**every, "when": [3]}, rows[:2]) == []
+
+
+def test_a_reader_started_for_a_file_pass_with_nothing_to_read_is_ended(
+    aps_catalog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader starts with the plan; a plan of a fixity rule alone has no file pass
+    query, and the reader it started is gone when it returns."""
+    monkeypatch.setenv("POLICYD_CATALOG", aps_catalog)
+    monkeypatch.setattr(planner_engine, "READER_FROM_FILES", 0)
+    started: list[ReaderProcess] = []
+    real = planner_engine.ReaderProcess
+
+    def start(*args: Any) -> ReaderProcess:
+        started.append(real(*args))
+        return started[-1]
+
+    monkeypatch.setattr(planner_engine, "ReaderProcess", start)
+    site = Site(load_site_config(APS))
+    before = _children()
+    options = PlanOptions(time_value(AT, site.tz), rules=["tape-fixity"])
+    try:
+        plan = make_plan(site.config, site.reader, site_rules(site.config), options)
+    finally:
+        site.reader.dispose()
+    assert len(started) == 1 and started[0].child.returncode is not None
+    assert not _children() - before
+    assert {a.kind for a in plan.actions} <= {"verify"}
