@@ -187,7 +187,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
         "plan_s": plan_s,
         "cpu_s": cpu_s,
         "rss_mb": peak_rss_mb(),
-        # the SQLite reader process, when the plan started one (ru_maxrss is in KiB)
+        # the reader process, when the plan started one (ru_maxrss is in KiB)
         "reader_cpu_s": children.ru_utime + children.ru_stime,
         "reader_rss_mb": children.ru_maxrss / 1024,
         "kinds": dict(Counter(a.kind for a in plan.actions)),
@@ -375,7 +375,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _reader(value: float, digits: str = "2") -> str:
-    """A reader process's figure, or "-" without one (PostgreSQL, small catalogs)."""
+    """A reader process's figure, or "-" without one (a small catalog)."""
     return f"{value:.{digits}f}" if value else "-"
 
 
