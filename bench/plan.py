@@ -122,8 +122,8 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
     and every statement the plan ran."""
     os.environ["POLICYD_CATALOG"] = url
     from policyd.planner import engine as planner_engine
-    from policyd.planner.engine import PlanOptions, make_plan
-    from policyd.planner.reader import filled, id_ranges, lookup_ids
+    from policyd.planner.engine import PG_CHUNK_SETTINGS, PlanOptions, make_plan
+    from policyd.planner.reader import filled, id_ranges, json_ids, lookup_ids
     from policyd.planner.run import site_rules
     from policyd.rules.ir import time_value
     from policyd.site import Site
@@ -153,20 +153,19 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
         else:
             with engine.connect() as conn:
                 bounds = chunks["bounds"]
-                low, high = conn.exec_driver_sql(bounds["sql"], bounds["params"]).one()
+                low, high, files = conn.exec_driver_sql(bounds["sql"], bounds["params"]).one()
             statements.extend((sql, {}, False) for sql in chunks["settings"])
-            for start, end in id_ranges(low, high, chunks["ids"]):
+            for start, end in id_ranges(low, high, chunks["ids"], files):
                 params = filled(query, chunk_low=start, chunk_high=end)
                 statements.append((query["sql"], params, True))
-            # "SET LOCAL name = value": the lookups run on a connection without them
-            statements.extend((f"RESET {sql.split()[2]}", {}, False) for sql in chunks["settings"])
+            # the lookups run on a connection without them
+            statements.extend((f"RESET {name}", {}, False) for name in PG_CHUNK_SETTINGS)
         for batch, found in reader(process, request, *rest):
             for lookup in request["lookups"]:
                 ids = lookup_ids(lookup, batch)
                 if not ids:
                     continue  # the reader skips it
-                sqlite = isinstance(lookup["params"], list)
-                listed = "[" + ",".join(map(str, ids)) + "]" if sqlite else ids
+                listed = json_ids(ids) if isinstance(lookup["params"], list) else ids
                 statements.append((lookup["sql"], filled(lookup, ids=listed), False))
             yield batch, found
 

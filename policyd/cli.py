@@ -564,7 +564,7 @@ def apply(
         raw = plan_file.read_bytes()
         source = str(plan_file)
     else:
-        made = plan_site(site, PlanOptions(time.time()))
+        made = plan_site(site, PlanOptions(time.time(), json=True))
         out.print(render_text(made), highlight=False, markup=False)
         if not made.has_changes:
             return

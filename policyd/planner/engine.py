@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -82,9 +81,12 @@ from policyd.planner.plan import (
 )
 from policyd.planner.prefetch import prefetched
 from policyd.planner.reader import (
+    Catalog,
     ReaderProcess,
     Request,
     driver_statement,
+    ids_of,
+    json_ids,
     processed,
     read_batches,
     result_processing,
@@ -109,6 +111,8 @@ from policyd.stations.config import SiteConfig
 from policyd.units import format_duration
 
 BATCH = 2000
+#: A started reader process, and how it reaches the catalog.
+Reader = tuple[ReaderProcess, Catalog]
 #: A catalog with at least this many files has its file pass read by a reader process
 #: (reader.py), which reads while the planner decides.
 READER_FROM_FILES = 50_000
@@ -120,11 +124,11 @@ CHUNK_IDS = 100_000
 #: otherwise the file pass walks the files' primary key in order, a heap visit per
 #: file, where a scan and a sort of the few candidates is a fraction of that (steady
 #: state at 1M files: 3.1 s -> 1.4 s).
-PG_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL cursor_tuple_fraction = 1.0")
+PG_SETTINGS = {"jit": "off", "cursor_tuple_fraction": "1.0"}
 #: For the reader process's file query, an id range at a time: a bitmap scan of the
 #: range reads the table's pages in order, where an index scan visits the heap per row
 #: (1M files: 1.0 s against 1.4 s).
-PG_CHUNK_SETTINGS = ("SET LOCAL enable_indexscan = off",)
+PG_CHUNK_SETTINGS = {"enable_indexscan": "off"}
 GOOD = ("present", "verified")
 #: The replica states each of a file row's masks has a bit for (migration 0003).
 MASKS = {frozenset({"verified"}): "verified_on", frozenset({*GOOD, "corrupt"}): "held_on"}
@@ -296,8 +300,6 @@ class Planner:
         self.now = options.now
         self.station = options.station
         self.json = options.json
-        # the reader process the file pass will read through, started early
-        self.reader: tuple[ReaderProcess, Request] | None = None
         self.rules = [r for r in rules if not r.disabled]
         self.selected = select_rules(self.rules, options.rules)
         if self.station is not None:
@@ -493,19 +495,17 @@ class Planner:
         return and_(where, need)
 
     def rows(
-        self, conn: Connection, query: Any, *, whole: bool = False
+        self, conn: Connection, query: Any, reader: Reader | None = None
     ) -> Iterator[tuple[Row, Flags]]:
         """Rows of `query` (file columns and flags) with their experiment's fields, their
         replicas and jobs, batched: the query reads each file's own columns, and the few
-        experiments are read once and shared by their files' rows. `whole`: the caller
-        reads every row of a query in file id order (the file pass)."""
+        experiments are read once and shared by their files' rows. `reader`: the reader
+        process to read them through; `query` is then the file pass's, in file id order
+        alone, which a PostgreSQL reader reads an id range at a time."""
         # A large catalog's file pass is read by a process of its own (reader.py). Other
         # reads: PostgreSQL works in its own process while the planner decides, so a
         # thread reads ahead; SQLite works in this one, under the GIL for every row it
         # returns, so a thread would only take turns with the planner.
-        reader = None
-        if whole:  # the reader started for it, which nothing else may use
-            reader, self.reader = self.reader, None
         if reader is not None:
             source = self._reader_batches(conn, query, *reader)
         elif conn.dialect.name == "postgresql":
@@ -550,7 +550,7 @@ class Planner:
         for batch in result.partitions():
             listed = {"ids": self.ids_value([r[0] for r in batch])}
             replica_rows = conn.execute(self.replica_query, listed).all()
-            run_ids = [r[0] for r in batch if any(r[i] for i in runs)]
+            run_ids = ids_of(batch, runs)
             job_rows = (
                 conn.execute(self.job_query, {"ids": self.ids_value(run_ids)}).all()
                 if run_ids
@@ -558,7 +558,7 @@ class Planner:
             )
             yield keys, batch, replica_rows, job_rows
 
-    def _start_reader(self, conn: Connection) -> tuple[ReaderProcess, Request] | None:
+    def _start_reader(self, conn: Connection) -> Reader | None:
         """The reader process that reads the file pass, started, and how it reaches the
         catalog: for a catalog of READER_FROM_FILES files or more (below that,
         starting the process costs more than it saves)."""
@@ -567,20 +567,20 @@ class Planner:
         if dialect.name == "sqlite" and in_file:
             database = str(Path(str(url.database)).resolve())
             reader = (sqlite_reader.PROGRAM, sqlite_reader.HINT)
-            where = {"source": database, "database": database}
+            where: Catalog = {"source": database, "database": database}
         elif dialect.name == "postgresql" and dialect.driver == "psycopg2":
             _, connect = dialect.create_connect_args(url)
             reader = (pg_reader.PROGRAM, pg_reader.HINT)
-            where = {"source": shown(url), "connect": connect, "settings": list(PG_SETTINGS)}
+            where = {"source": shown(url), "connect": connect, "settings": set_local(PG_SETTINGS)}
         else:
             return None
         most = conn.execute(select(func.max(files.c.id))).scalar_one_or_none() or 0
         if most < READER_FROM_FILES:
             return None
-        return ReaderProcess(*reader), where  # type: ignore[typeddict-item]
+        return ReaderProcess(*reader), where
 
     def _reader_batches(
-        self, conn: Connection, query: Any, reader: ReaderProcess, where: Request
+        self, conn: Connection, query: Any, reader: ReaderProcess, where: Catalog
     ) -> Iterator[Any]:
         """`_batches`, read by a reader process."""
         dialect = conn.dialect
@@ -605,12 +605,16 @@ class Planner:
                 files.c.id < bindparam("chunk_high", None, type_=files.c.id.type),
             )
             request["query"] = driver_statement(ranged, dialect, ("chunk_low", "chunk_high"))
+            # ids have gaps: ranges are sized by the files' count as last analyzed
+            analyzed = literal_column(
+                "(SELECT reltuples FROM pg_class WHERE oid = 'files'::regclass)"
+            )
             request["chunks"] = {
                 "bounds": driver_statement(
-                    select(func.min(files.c.id), func.max(files.c.id)), dialect
+                    select(func.min(files.c.id), func.max(files.c.id), analyzed), dialect
                 ),
                 "ids": CHUNK_IDS,
-                "settings": list(PG_CHUNK_SETTINGS),
+                "settings": set_local(PG_CHUNK_SETTINGS),
             }
         # the file columns' result processing (the flags are used as the driver gives them)
         processing: list[tuple[int, Callable[[Any], Any]]] = []
@@ -1136,32 +1140,37 @@ class Planner:
             }
 
     def run(self) -> Plan:
-        if any(fr.selected for fr in self.file_rules):
+        query = self.file_pass_query()
+        reader = None
+        if query is not None:  # started first: it loads while the planner gets ready
             with self.engine.connect() as conn:
-                self.reader = self._start_reader(conn)
+                reader = self._start_reader(conn)
         try:
             self.plan.catalog_fingerprint = catalog_fingerprint(self.engine)
             self.prepare()
             with self.engine.connect() as conn:
                 session_settings(conn)
                 self.plan.suspended = suspended_actions(conn)
-                self.file_pass(conn)
+                if query is not None:
+                    self.file_pass(conn, query, reader)
                 self.threshold_pass(conn)
                 self.verify_pass(conn)
                 self.grant_pass(conn)
                 self.alarm_pass(conn)
             return self.plan
         finally:
-            if self.reader is not None:  # the file pass did not need it
-                self.reader[0].close()
+            if reader is not None:  # ended already, unless the plan failed before it read
+                reader[0].close()
 
-    def file_pass(self, conn: Connection) -> None:
+    def file_pass_query(self) -> Any:
+        """The file pass's candidates, in file id order; None without a rule that asks
+        for one."""
         by_station: dict[str | None, list[ColumnElement[bool]]] = {}
         for fr in self.file_rules:
             if fr.selected and (c := self._candidate(fr)) is not None:
                 by_station.setdefault(fr.rule.station, []).append(c)
         if not by_station:
-            return
+            return None
         # A station's rules behind one test of the station (their own conditions test
         # it again): a file is checked against its own station's rules only, where a
         # flat OR would try every rule of every station on it.
@@ -1171,8 +1180,10 @@ class Planner:
             else and_(experiments.c.station == station, or_(*conditions))
             for station, conditions in by_station.items()
         ]
-        query = self.file_query(or_(*candidates)).order_by(files.c.id)
-        for count, (row, flags) in enumerate(self.rows(conn, query, whole=True), 1):
+        return self.file_query(or_(*candidates)).order_by(files.c.id)
+
+    def file_pass(self, conn: Connection, query: Any, reader: Reader | None) -> None:
+        for count, (row, flags) in enumerate(self.rows(conn, query, reader), 1):
             self.plan_file(row, flags)
             if self.progress is not None and count % 10000 == 0:
                 self.progress(count)
@@ -1460,8 +1471,13 @@ def alarm_value(expr: ast.Expr, bindings: ir.Bindings) -> str | None:
 def session_settings(conn: Connection) -> None:
     """For the transaction the planner reads in."""
     if conn.dialect.name == "postgresql":
-        for setting in PG_SETTINGS:
+        for setting in set_local(PG_SETTINGS):
             conn.execute(text(setting))
+
+
+def set_local(settings: dict[str, str]) -> list[str]:
+    """The statements that set `settings` for the transaction."""
+    return [f"SET LOCAL {name} = {value}" for name, value in settings.items()]
 
 
 def _batch_ids(engine: Engine) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:
@@ -1478,7 +1494,7 @@ def _batch_ids(engine: Engine) -> Callable[[ColumnElement[Any]], ColumnElement[b
 def _ids_value(engine: Engine) -> Callable[[list[int]], object]:
     if engine.dialect.name == "postgresql":
         return lambda ids: ids
-    return lambda ids: orjson.dumps(ids).decode()
+    return json_ids
 
 
 def _catalog_locations(engine: Engine) -> tuple[dict[str, int], dict[str, str | None]]:

@@ -49,9 +49,9 @@ def _execute_all(cursor: Any, statements: list[str]) -> None:
         cursor.execute(sql)
 
 
-def _file_rows(conn: Any, request: Request) -> Iterator[list[Any]]:
-    """The query's column type codes, then its rows a batch at a time, through a
-    server-side cursor per id range."""
+def _file_rows(conn: Any, request: Request) -> Iterator[tuple[str, list[Any]]]:
+    """("columns", the query's type codes), then ("batch", rows) a batch at a time,
+    through a server-side cursor per id range."""
     query, chunks, size = request["query"], request.get("chunks"), request["batch"]
     if chunks is None:
         ranges: list[dict[str, Any]] = [{}]
@@ -59,14 +59,14 @@ def _file_rows(conn: Any, request: Request) -> Iterator[list[Any]]:
         with conn.cursor() as cursor:
             # the bounds first: an index scan finds them (the settings turn it off)
             cursor.execute(chunks["bounds"]["sql"], chunks["bounds"]["params"])
-            low, high = cursor.fetchone()
+            low, high, files = cursor.fetchone()
             _execute_all(cursor, chunks["settings"])
         ranges = (
             []
             if low is None
             else [
                 {"chunk_low": start, "chunk_high": end}
-                for start, end in id_ranges(low, high, chunks["ids"])
+                for start, end in id_ranges(low, high, chunks["ids"], files)
             ]
         )
     for number, bounds in enumerate(ranges):
@@ -74,9 +74,9 @@ def _file_rows(conn: Any, request: Request) -> Iterator[list[Any]]:
             cursor.execute(query["sql"], filled(query, **bounds) if bounds else query["params"])
             batch = cursor.fetchmany(size)
             if number == 0:  # a server-side cursor describes its columns once fetched
-                yield [column.type_code for column in cursor.description]
+                yield "columns", [column.type_code for column in cursor.description]
             while batch:
-                yield batch
+                yield "batch", batch
                 batch = cursor.fetchmany(size)
 
 
@@ -90,27 +90,29 @@ def _run(request: Request, out: IO[bytes]) -> None:
     lookup.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
     _execute_all(lookup, request.get("settings", []))
 
-    batches: queue.Queue[list[Any] | _End] = queue.Queue(maxsize=DEPTH)
+    items: queue.Queue[tuple[str, list[Any]] | _End] = queue.Queue(maxsize=DEPTH)
 
     def stream() -> None:
         try:
-            for batch in _file_rows(files, request):
-                batches.put(batch)
-            batches.put(_End())
+            for item in _file_rows(files, request):
+                items.put(item)
+            items.put(_End())
         except BaseException as exc:  # handed to the main thread, which reports it
-            batches.put(_End(exc))
+            items.put(_End(exc))
 
     threading.Thread(target=stream, name="policyd-files", daemon=True).start()
-    if not isinstance(item := batches.get(), _End):
-        send(out, "columns", item)
-        while not isinstance(item := batches.get(), _End):
-            found = []
-            for statement in request["lookups"]:
-                ids = lookup_ids(statement, item)
-                if ids:
-                    lookup.execute(statement["sql"], filled(statement, ids=ids))
-                found.append(lookup.fetchall() if ids else [])
-            send(out, "batch", (item, found))
+    while not isinstance(item := items.get(), _End):
+        kind, rows = item
+        if kind == "columns":
+            send(out, "columns", rows)
+            continue
+        found = []
+        for statement in request["lookups"]:
+            ids = lookup_ids(statement, rows)
+            if ids:
+                lookup.execute(statement["sql"], filled(statement, ids=ids))
+            found.append(lookup.fetchall() if ids else [])
+        send(out, "batch", (rows, found))
     if item.error is not None:
         raise item.error
     files.rollback()

@@ -22,13 +22,16 @@ library at run time.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pickle
 import select
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -50,14 +53,19 @@ class Statement(TypedDict):
     when: NotRequired[list[int]]
 
 
-class Request(TypedDict):
+class Catalog(TypedDict):
+    """How a reader reaches the catalog."""
+
     source: str  # the catalog, as error messages name it
-    query: Statement
-    lookups: list[Statement]
-    batch: int
     database: NotRequired[str]  # SQLite: the catalog file
     connect: NotRequired[dict[str, Any]]  # PostgreSQL: psycopg2.connect's arguments
     settings: NotRequired[list[str]]  # PostgreSQL: run in each connection's transaction
+
+
+class Request(Catalog):
+    query: Statement
+    lookups: list[Statement]
+    batch: int
     chunks: NotRequired[Chunks]
 
 
@@ -65,21 +73,39 @@ class Chunks(TypedDict):
     """The query read an id range at a time, its bounds in the `low` and `high` slots:
     PostgreSQL returns a sorted query's first row only once it has found them all."""
 
-    bounds: Statement  # the smallest and largest id
-    ids: int  # ids per range
+    bounds: Statement  # the smallest and largest id, and about how many files there are
+    ids: int  # files per range
     settings: list[str]  # for the connection the query runs on
 
 
-def id_ranges(low: int, high: int, step: int) -> list[tuple[int, int]]:
-    """[start, end) ranges that cover the ids low..high, `step` ids each but the first
-    few (a 32nd of it, doubling): the planner waits for the first range's scan and
-    sort with nothing to do."""
+def id_ranges(low: int, high: int, step: int, files: float | None) -> list[tuple[int, int]]:
+    """[start, end) ranges that cover the ids low..high, each for about `step` of the
+    `files` (ids have gaps: an upsert that updates uses up an id too), but the first
+    few (a 32nd of that, doubling): the planner waits for the first range's scan and
+    sort with nothing to do. Without a count (never analyzed), ids are taken to be
+    dense."""
+    span = high - low + 1
+    if files is not None and 0 < files < span:
+        step = math.ceil(step * span / files)
     out: list[tuple[int, int]] = []
     start, size = low, max(step // 32, 1)
     while start <= high:
         out.append((start, start + size))
         start, size = start + size, min(size * 2, step)
     return out
+
+
+def json_ids(ids: Iterable[Any]) -> str:
+    """Ids as the JSON list a SQLite lookup takes (json_each)."""
+    return "[" + ",".join(map(str, ids)) + "]"
+
+
+def ids_of(rows: Sequence[tuple[Any, ...]], when: Sequence[int] | None) -> list[Any]:
+    """The ids (first column) of the rows one of whose `when` columns is true; of every
+    row without `when`."""
+    if not when:
+        return [row[0] for row in rows]
+    return [row[0] for row in rows if any(row[i] for i in when)]
 
 
 Batch = tuple[list[tuple[Any, ...]], list[list[tuple[Any, ...]]]]
@@ -116,11 +142,8 @@ def driver_statement(
 
 
 def lookup_ids(statement: Statement, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """The ids of the rows a lookup is for (the first column is the id)."""
-    when = statement.get("when")
-    if not when:
-        return [row[0] for row in rows]
-    return [row[0] for row in rows if any(row[i] for i in when)]
+    """The ids of the rows a lookup is for."""
+    return ids_of(rows, statement.get("when"))
 
 
 def filled(statement: Statement, **values: Any) -> Params:
@@ -174,8 +197,10 @@ class ReaderProcess:
     def __init__(self, program: str, hint: str) -> None:
         self.program, self.hint = program, hint
         # -P keeps the working directory (a config repository, say) off the child's
-        # path; it finds policyd where this process did.
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # path; it finds policyd where this process did, and the rest as this one does.
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
         # a file: a pipe the child fills would stall it (closed by close())
         self.said = tempfile.TemporaryFile()  # noqa: SIM115
         try:
@@ -191,13 +216,16 @@ class ReaderProcess:
             raise ReaderFailed(f"cannot start the catalog reader process: {exc}", hint) from None
 
     def close(self) -> None:
+        """End the child; safe to call again. A request it died in the middle of may
+        still be buffered: flushing it on close fails, and must not hide why."""
         child = self.child
         if child.poll() is None:
             child.kill()
         child.wait()
         for stream in (child.stdin, child.stdout, self.said):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 def read_batches(
@@ -258,16 +286,16 @@ def _received(
 
 
 def send(out: IO[bytes], kind: str, value: Any) -> None:
-    """One item of a child's answer, in one write: the GIL is released for all of it,
-    where pickling into the pipe takes it back for every piece the pipe accepts, and
-    waits for a thread that holds it each time."""
-    out.write(pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
+    """One item of a child's answer."""
+    pickle.dump((kind, value), out, protocol=pickle.HIGHEST_PROTOCOL)
     out.flush()
 
 
 def serve(run: Callable[[Request, IO[bytes]], None], failures: tuple[type[Exception], ...]) -> None:
     """A child's main: the request from stdin, `run`'s answer to stdout; an error of
-    one of the `failures` kinds is the answer's last word."""
+    one of the `failures` kinds is the answer's last word. Ctrl-C reaches the whole
+    process group: the planner handles it and ends the child."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout.buffer
     try:
         run(pickle.load(sys.stdin.buffer), out)

@@ -13,7 +13,7 @@ from typing import IO
 from urllib.request import pathname2url
 
 from policyd.catalog.sqlite_functions import prepare_reader
-from policyd.planner.reader import Request, filled, lookup_ids, send, serve
+from policyd.planner.reader import Request, filled, json_ids, lookup_ids, send, serve
 
 PROGRAM = "policyd.planner.sqlite_reader"
 HINT = "check that the catalog file is still there and that this user may read it"
@@ -32,7 +32,7 @@ def _run(request: Request, out: IO[bytes]) -> None:
     while batch := cursor.fetchmany(request["batch"]):
         found = []
         for lookup in request["lookups"]:
-            ids = "[" + ",".join(map(str, lookup_ids(lookup, batch))) + "]"
+            ids = json_ids(lookup_ids(lookup, batch))
             rows = conn.execute(lookup["sql"], filled(lookup, ids=ids)) if ids != "[]" else ()
             found.append(list(rows))
         send(out, "batch", (batch, found))

@@ -6,11 +6,14 @@ leaves no process behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,10 +163,19 @@ def test_every_case_through_the_reader(
     monkeypatch.setattr(planner_engine, "READER_FROM_FILES", 0)
     monkeypatch.setattr(planner_engine, "CHUNK_IDS", 2)
     started = _counting_readers(monkeypatch)
+    queries: list[Any] = []
+    real = planner_engine.Planner.file_pass_query
+
+    def file_pass_query(planner: Planner) -> Any:
+        queries.append(real(planner))
+        return queries[-1]
+
+    monkeypatch.setattr(planner_engine.Planner, "file_pass_query", file_pass_query)
     case = load_case(path)
     assert_wanted(case, plan_case(case, tmp_path, catalog_url))
     program = sqlite_reader.PROGRAM if catalog_url.startswith("sqlite") else pg_reader.PROGRAM
-    assert started in ([], [program])  # none for a case whose rules need no file pass
+    # read through the reader, unless its rules need no file pass
+    assert started == [program for query in queries if query is not None]
 
 
 def _sent_and_ours(url: str, ids: Any) -> tuple[list[tuple[str, Any]], list[Any]]:
@@ -240,7 +252,7 @@ def _pg_request(url: str, chunk_ids: int = 700) -> Any:
     return {
         "source": shown(url),
         "connect": connect,
-        "settings": list(planner_engine.PG_SETTINGS),
+        "settings": planner_engine.set_local(planner_engine.PG_SETTINGS),
         "query": {
             "sql": "SELECT id, path FROM files WHERE id >= %(low)s AND id < %(high)s ORDER BY id",
             "params": {"low": None, "high": None},
@@ -255,9 +267,13 @@ def _pg_request(url: str, chunk_ids: int = 700) -> Any:
         ],
         "batch": 500,
         "chunks": {
-            "bounds": {"sql": "SELECT min(id), max(id) FROM files", "params": {}, "slots": {}},
+            "bounds": {
+                "sql": "SELECT min(id), max(id), count(*) FROM files",
+                "params": {},
+                "slots": {},
+            },
             "ids": chunk_ids,
-            "settings": list(planner_engine.PG_CHUNK_SETTINGS),
+            "settings": planner_engine.set_local(planner_engine.PG_CHUNK_SETTINGS),
         },
     }
 
@@ -320,12 +336,12 @@ def test_batches_arrive_in_order_with_their_lookups(aps_request: Any) -> None:
     codes: list[Any] = []
     batches = list(_batches(aps_request, codes))
     ids = [row[0] for rows, _ in batches for row in rows]
-    assert ids == sorted(ids) and len(ids) == 3000
+    assert ids == list(range(1, 3001))  # none lost or read twice at a range's ends
     sizes = [len(rows) for rows, _ in batches]
     if "database" in aps_request:
         assert sizes == [500] * 6
     else:  # each range's batches, the first ranges smaller
-        spans = [min(end, 3001) - start for start, end in id_ranges(1, 3000, 700)]
+        spans = [min(end, 3001) - start for start, end in id_ranges(1, 3000, 700, 3000)]
         assert spans[:7] == [21, 42, 84, 168, 336, 672, 700] and sum(spans) == 3000
         assert sizes == [n for span in spans for n in [500] * (span // 500) + [span % 500] if n]
     # each batch's lookup counted the replicas of that batch's files
@@ -372,12 +388,12 @@ def test_a_lookup_with_a_condition_is_for_the_rows_it_names() -> None:
     assert lookup_ids({**every, "when": [3]}, rows[:2]) == []
 
 
-def test_a_reader_started_for_a_file_pass_with_nothing_to_read_is_ended(
-    aps_catalog: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reader starts with the plan; a plan of a fixity rule alone has no file pass
-    query, and the reader it started is gone when it returns."""
-    monkeypatch.setenv("POLICYD_CATALOG", aps_catalog)
+def _planned_with_readers(
+    url: str, monkeypatch: pytest.MonkeyPatch, rules: list[str]
+) -> tuple[list[ReaderProcess], Any]:
+    """Plan examples/aps with `rules`, any catalog read by a reader; the readers the
+    plan started, and the plan."""
+    monkeypatch.setenv("POLICYD_CATALOG", url)
     monkeypatch.setattr(planner_engine, "READER_FROM_FILES", 0)
     started: list[ReaderProcess] = []
     real = planner_engine.ReaderProcess
@@ -388,12 +404,152 @@ def test_a_reader_started_for_a_file_pass_with_nothing_to_read_is_ended(
 
     monkeypatch.setattr(planner_engine, "ReaderProcess", start)
     site = Site(load_site_config(APS))
-    before = _children()
-    options = PlanOptions(time_value(AT, site.tz), rules=["tape-fixity"])
     try:
-        plan = make_plan(site.config, site.reader, site_rules(site.config), options)
+        options = PlanOptions(time_value(AT, site.tz), rules=rules)
+        return started, make_plan(site.config, site.reader, site_rules(site.config), options)
     finally:
         site.reader.dispose()
-    assert len(started) == 1 and started[0].child.returncode is not None
-    assert not _children() - before
+
+
+def test_a_plan_without_a_file_pass_starts_no_reader(
+    aps_catalog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fixity rule alone has no file pass query."""
+    started, plan = _planned_with_readers(aps_catalog, monkeypatch, ["tape-fixity"])
+    assert started == []
     assert {a.kind for a in plan.actions} <= {"verify"}
+
+
+def test_a_plan_that_fails_before_its_reader_reads_leaves_no_reader(
+    aps_catalog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader starts with the plan; a plan that fails before it reads ends it."""
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("compiling failed")
+
+    monkeypatch.setattr(planner_engine, "driver_statement", broken)
+    before = _children()
+    with pytest.raises(RuntimeError, match="compiling failed"):
+        _planned_with_readers(aps_catalog, monkeypatch, [])
+    assert not _children() - before
+
+
+def test_a_plan_that_fails_while_it_reads_leaves_no_reader(
+    aps_catalog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("deciding failed")
+
+    monkeypatch.setattr(planner_engine.Planner, "plan_file", broken)
+    before = _children()
+    with pytest.raises(RuntimeError, match="deciding failed"):
+        _planned_with_readers(aps_catalog, monkeypatch, [])
+    assert not _children() - before
+
+
+def test_id_ranges_follow_the_files_not_the_ids() -> None:
+    """An upsert that updates uses up an id: a catalog of 1M files may hold ids up to
+    10**9. Ranges are sized by the files' count, so there are as many as for dense ids."""
+    dense = id_ranges(1, 1_000_000, 100_000, 1_000_000)
+    sparse = id_ranges(1, 10**9, 100_000, 1_000_000)
+    assert len(sparse) == len(dense) == 15
+    for ranges, high in ((dense, 1_000_000), (sparse, 10**9)):
+        assert ranges[0][0] == 1 and ranges[-1][1] > high
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert id_ranges(5, 5, 100_000, None) == [(5, 3130)]
+    assert id_ranges(1, 10, 100_000, -1) == [(1, 3126)]  # never analyzed: dense
+
+
+@pytest.mark.pg
+def test_a_sparse_catalog_is_read_in_few_ranges(aps_pg_catalog: str) -> None:
+    """The bounds say 10**9 ids for 3,000 files: the child reads them all, in order, in
+    about as many ranges as for dense ids (each range a cursor of its own)."""
+    request = _pg_request(aps_pg_catalog, chunk_ids=1000)
+    request["chunks"]["bounds"]["sql"] = "SELECT 1, 1000000000, 3000"
+    ids = [row[0] for rows, _ in _batches(request) for row in rows]
+    assert ids == list(range(1, 3001))
+    assert len(id_ranges(1, 10**9, 1000, 3000)) < 10
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("where", ["query", "lookup"])
+def test_a_postgresql_error_mid_way_is_a_reader_failure(aps_pg_catalog: str, where: str) -> None:
+    """Past the first batches: in the file stream's thread (1/0 at file 1,700) or in a
+    lookup while that thread waits on its full queue."""
+    request = _pg_request(aps_pg_catalog)
+    request["batch"] = 100
+    if where == "query":
+        request["query"]["sql"] = request["query"]["sql"].replace(
+            "SELECT id, path", "SELECT id, path || (1 / (id - 1700))::text"
+        )
+    else:
+        request["lookups"][0]["sql"] = (
+            "SELECT count(*) FROM replicas WHERE file_id = ANY(%(ids)s) "
+            "AND 1 / (2000 - file_id) > -1"
+        )
+    before = _children()
+    with pytest.raises(ReaderFailed, match="division by zero") as failed:
+        list(_batches(request))
+    assert "PostgreSQL server is up" in failed.value.hint
+    assert not _children() - before
+
+
+class _Scripted(ReaderProcess):
+    """A reader child that runs `script` instead of a reader program."""
+
+    def __init__(self, script: str) -> None:
+        self.program, self.hint = "script", "check the script"
+        self.said = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.said,
+        )
+
+
+def test_idle_work_is_done_while_the_next_item_is_not_there() -> None:
+    """A child that writes its next item only once told to (a line on stdin): the
+    planner must call `idle` while it waits, or it would wait for ever (the consumer
+    runs in a thread, so such a failure ends the test instead of hanging it)."""
+    script = (
+        "import pickle, sys\n"
+        "out = sys.stdout.buffer\n"
+        "pickle.load(sys.stdin.buffer)\n"
+        "for item in [('columns', [None]), ('batch', ([(1,)], [])), ('done', None)]:\n"
+        "    pickle.dump(item, out); out.flush()\n"
+        "    sys.stdin.buffer.readline()\n"
+    )
+    reader = _Scripted(script)
+    assert reader.child.stdin is not None
+    go = os.dup(reader.child.stdin.fileno())  # sending the request closes stdin
+    released = [False]
+    releases: list[int] = []
+
+    def idle() -> bool:
+        if not released[0]:  # once per wait: the child then writes its next item
+            released[0] = True
+            releases.append(1)
+            os.write(go, b"\n")
+        return True
+
+    def arrived(_codes: list[Any]) -> None:
+        released[0] = False
+
+    got: list[Any] = []
+
+    def consume() -> None:
+        for batch in read_batches(reader, _sqlite_request("unused.db"), arrived, idle):
+            released[0] = False
+            got.append(batch)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(timeout=60)
+    os.close(go)
+    if consumer.is_alive():
+        reader.close()
+        pytest.fail("the planner waited for an item without calling idle")
+    assert got == [([(1,)], [])]
+    assert len(releases) == 2  # the batch and the last word each waited for idle
