@@ -32,6 +32,10 @@ same catalog with no file needing action; its plan has no file action (the ACL g
 of the access rules are per experiment, and only apply records them, so they stay).
 
 Each measurement runs in its own spawned process, so its peak RSS (VmHWM) is its own.
+Each catalog is planned and its floor replayed ``--runs`` times (3), in turn; the
+figures are the median plan's and the median floor's, each run's are printed too, and
+the peak RSS is the highest. After an import the database's writes are flushed
+(CHECKPOINT, sync), so that no run is timed while the kernel writes the import back.
 Plan time is make_plan plus Plan.write_json to a file; the rules check before it is
 printed apart. The floor is the planner's file queries (the candidate SELECT it
 streams, and the fixity passes' queries), captured from the plan's own run with a
@@ -328,20 +332,34 @@ def import_catalog(source: Path, url: str) -> float:
         engine = create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text("VACUUM ANALYZE"))
+            conn.execute(text("CHECKPOINT"))
         engine.dispose()
+    os.sync()  # the import's writes on disk, not written back while the plan is timed
     return seconds
 
 
-def measure(figures: Figures, catalogs: dict[str, tuple[Path, str]], work: Path) -> None:
-    """Import (unless reused), plan and replay the floor for both catalogs."""
+def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    return sorted(runs, key=lambda run: run[key])[len(runs) // 2]
+
+
+def measure(figures: Figures, catalogs: dict[str, tuple[Path, str]], work: Path, runs: int) -> None:
+    """Import (unless reused), then plan and replay the floor `runs` times, in turn, for
+    both catalogs. The figures are the median plan's and the median floor's (the
+    machine's speed varies from one second to the next); the peak RSS is the highest."""
     for kind, (source, url) in catalogs.items():
         reused = url.startswith("sqlite") and Path(make_url(url).database or "").exists()
         if not reused:
             log(f"{figures.name}: importing {source.name} ...")
             figures.imports_s.append(import_catalog(source, url))
-        log(f"{figures.name}: planning the {kind} catalog ...")
-        plan = in_child(plan_job, url, str(work / f"plan-{figures.name}-{kind}.json"))
-        floor = in_child(floor_job, url, plan.pop("statements"))
+        plans: list[dict[str, Any]] = []
+        floors: list[dict[str, Any]] = []
+        for run in range(1, runs + 1):
+            log(f"{figures.name}: planning the {kind} catalog ({run} of {runs}) ...")
+            plans.append(in_child(plan_job, url, str(work / f"plan-{figures.name}-{kind}.json")))
+            floors.append(in_child(floor_job, url, plans[-1].pop("statements")))
+        plan = {**_median(plans, "plan_s"), "rss_mb": max(p["rss_mb"] for p in plans)}
+        plan["runs"] = [(p["plan_s"], f["floor_s"]) for p, f in zip(plans, floors, strict=True)]
+        floor = _median(floors, "floor_s")
         if kind == "actions":
             figures.plan, figures.floor = plan, floor
         else:
@@ -383,6 +401,10 @@ def check(value: float, goal: float) -> str:
     return "ok" if value <= goal else "OVER"
 
 
+def _runs(runs: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{plan:.2f}/{floor:.2f}" for plan, floor in runs)
+
+
 def rows_for(f: Figures) -> list[tuple[str, str, str]]:
     """(figure, value, goal) rows of one database."""
     p, fl, s = f.plan, f.floor, f.steady
@@ -403,6 +425,7 @@ def rows_for(f: Figures) -> list[tuple[str, str, str]]:
         ("  its CPU in the bench process, s", f"{fl['floor_cpu_s']:.2f}", ""),
         ("  with JIT off (PostgreSQL only), s", _seconds(fl["floor_no_jit_s"]), ""),
         ("plan / floor", f"{ratio:.2f}  {check(ratio, GOAL_RATIO)}", f"<= {GOAL_RATIO:g}"),
+        ("  plan / floor of each run, s", _runs(p["runs"]), ""),
         ("all SQL of the plan, s", f"{fl['all_sql_s']:.2f} ({fl['statements']} stmts)", ""),
         ("Python not overlapped (plan - all SQL), s", f"{p['plan_s'] - fl['all_sql_s']:.2f}", ""),
         ("files/s (catalog files)", f"{f.files / p['plan_s']:,.0f}", ""),
@@ -420,6 +443,7 @@ def rows_for(f: Figures) -> list[tuple[str, str, str]]:
             f"<= {GOAL_STEADY_S:g} s",
         ),
         ("  its CPU in the bench process, s", f"{s['cpu_s']:.2f}", ""),
+        ("  plan / floor of each run, s", _runs(s["runs"]), ""),
         (
             "steady-state floor / all SQL, s",
             f"{f.steady_floor['floor_s']:.2f} / {f.steady_floor['all_sql_s']:.2f}",
@@ -461,6 +485,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--skip-pg", action="store_true", help="SQLite only")
     parser.add_argument(
+        "--runs", type=int, default=3, metavar="N", help="plans and floors per catalog"
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -486,13 +513,14 @@ def main() -> None:
                 for k, src in sources.items()
             },
             work,
+            args.runs,
         )
         results.append(sqlite)
         if not args.skip_pg:
             admin, urls = pg_databases(list(sources))
             try:
                 pg = Figures("PostgreSQL", args.files)
-                measure(pg, {k: (sources[k], urls[k]) for k in sources}, work)
+                measure(pg, {k: (sources[k], urls[k]) for k in sources}, work, args.runs)
                 results.append(pg)
             finally:
                 drop_pg(admin, urls)
