@@ -40,7 +40,7 @@ def test_actions_encoded_ahead_are_written_as_the_rest(
     calls = 0
     while ahead.encode_ahead():
         calls += 1
-    assert len(ahead.encoded) == actions // 4  # whole chunks only: the tail may grow
+    assert len(ahead.encoded["actions"]) == actions // 4  # whole chunks: the tail may grow
     assert calls == max(actions // 4 - 1, 0)  # each call said whether another was ready
     assert ahead.json_bytes() == at_the_end
     parsed = json.loads(at_the_end)
@@ -55,10 +55,10 @@ def test_a_chunk_is_encoded_once_and_later_actions_after_it(
     monkeypatch.setattr(plan_module, "_CHUNK", 4)
     plan = _plan(5)
     assert plan.encode_ahead() is False  # one chunk encoded, the fifth action waits
-    assert plan.encode_ahead() is False and len(plan.encoded) == 1
+    assert plan.encode_ahead() is False and len(plan.encoded["actions"]) == 1
     for n in range(5, 10):
         plan.new_action("verify", "8IDI/layout", "place", "Smith-Mar18", file=f"{n}.h5")
-    assert plan.encode_ahead() is False and len(plan.encoded) == 2
+    assert plan.encode_ahead() is False and len(plan.encoded["actions"]) == 2
     written = json.loads(plan.json_bytes())
     assert [a["id"] for a in written["actions"]] == [f"a{n}" for n in range(1, 11)]
     assert written == json.loads(_plan_with_verifies().json_bytes())
@@ -69,3 +69,20 @@ def _plan_with_verifies() -> Plan:
     for n in range(5, 10):
         plan.new_action("verify", "8IDI/layout", "place", "Smith-Mar18", file=f"{n}.h5")
     return plan
+
+
+def test_blocked_deletes_are_encoded_ahead_after_the_actions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(plan_module, "_CHUNK", 4)
+    plan = _plan(4)
+    for n in range(8):
+        plan.blocked.append(Blocked("r", "E", f"{n}.h5", "voyager", "pinned"))
+    at_the_end = plan.json_bytes()  # 9 blocked: two chunks and one
+    assert plan.encode_ahead() is True  # the actions' chunk; the blocked are ready
+    assert [len(plan.encoded[k]) for k in ("actions", "blocked")] == [1, 0]
+    assert plan.encode_ahead() is True
+    assert plan.encode_ahead() is False
+    assert [len(plan.encoded[k]) for k in ("actions", "blocked")] == [1, 2]
+    assert plan.json_bytes() == at_the_end
+    assert len(json.loads(at_the_end)["blocked"]) == 9
