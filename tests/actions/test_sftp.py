@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
+from policyd.actions import sftp as sftp_module
 from policyd.actions.apply import apply_plan, load_plan
 from policyd.actions.base import ActionFailed, Step
 from policyd.actions.context import ApplyOptions
@@ -481,6 +482,11 @@ def test_a_symlink_out_of_the_root_is_refused_in_apply(
 def test_a_lost_server_suspends_then_a_new_plan_finishes(
     tmp_path: Path, home: Path, server_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Known, not fixed yet: now and then a copy of the second apply waits for the
+    # answer to its fsync until the I/O timeout, then its retry succeeds (seen in 2 of
+    # 4 runs, 120 s each). The test asserts what the retries come to; a short timeout
+    # keeps such a wait from costing the suite minutes.
+    monkeypatch.setattr(sftp_module, "IO_TIMEOUT", 10.0)
     server = SshServer(tmp_path / "own-sshd")
     server.start()
     try:
