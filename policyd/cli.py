@@ -954,8 +954,8 @@ def run() -> None:
         code = 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print(
-            "interrupted: what was done so far is kept (an import is an upsert: run it "
-            "again to finish)",
+            "interrupted: what was done so far is kept; run the command again to finish "
+            "(an import is an upsert, apply resumes its plan, plan and check change nothing)",
             highlight=False,
         )
         code = 130

@@ -553,3 +553,17 @@ def test_idle_work_is_done_while_the_next_item_is_not_there() -> None:
         pytest.fail("the planner waited for an item without calling idle")
     assert got == [([(1,)], [])]
     assert len(releases) == 2  # the batch and the last word each waited for idle
+
+
+def test_a_reader_outlives_a_ctrl_c_that_reaches_it(aps_request: Any) -> None:
+    """Ctrl-C goes to the whole process group; the planner handles it and ends the
+    reader, which must not die of it first (its death would be reported as the error)."""
+    aps_request["batch"] = 100
+    reader = ReaderProcess(
+        pg_reader.PROGRAM if "connect" in aps_request else sqlite_reader.PROGRAM, "hint"
+    )
+    batches = read_batches(reader, aps_request, lambda codes: None)
+    first = next(batches)  # the child is past its start, reading
+    os.kill(reader.child.pid, signal.SIGINT)
+    rest = list(batches)  # to its last word: a child dead of the signal is a ReaderFailed
+    assert len(first[0]) + sum(len(rows) for rows, _ in rest) == 3000
