@@ -159,7 +159,7 @@ def plan_job(url: str, out: str) -> dict[str, Any]:
                 bounds = chunks["bounds"]
                 low, high, files = conn.exec_driver_sql(bounds["sql"], bounds["params"]).one()
             statements.extend((sql, {}, False) for sql in chunks["settings"])
-            for start, end in id_ranges(low, high, chunks["ids"], files):
+            for start, end in id_ranges(low, high, chunks["files"], files):
                 params = filled(query, chunk_low=start, chunk_high=end)
                 statements.append((query["sql"], params, True))
             # the lookups run on a connection without them

@@ -82,6 +82,7 @@ from policyd.planner.plan import (
 from policyd.planner.prefetch import prefetched
 from policyd.planner.reader import (
     Catalog,
+    Processing,
     ReaderProcess,
     Request,
     driver_statement,
@@ -116,8 +117,8 @@ Reader = tuple[ReaderProcess, Catalog]
 #: A catalog with at least this many files has its file pass read by a reader process
 #: (reader.py), which reads while the planner decides.
 READER_FROM_FILES = 50_000
-#: How many file ids a PostgreSQL reader process reads per range of its file query.
-CHUNK_IDS = 100_000
+#: About how many files a PostgreSQL reader process reads per id range of its file query.
+RANGE_FILES = 100_000
 #: For the transactions the planner reads PostgreSQL in. JIT-compiling the planner's
 #: wide expressions costs seconds per query. And the planner reads every row its
 #: cursors return: they are planned for all of their rows, not the first tenth;
@@ -591,20 +592,18 @@ class Planner:
             jobs_lookup = driver_statement(self.job_query, dialect, ("ids",))
             jobs_lookup["when"] = [width + i for i in self.run_flags]
             lookups.append(jobs_lookup)
-        request: Request = {
-            **where,
-            "query": driver_statement(query, dialect),
-            "lookups": lookups,
-            "batch": BATCH,
-        }
-        if dialect.name == "postgresql":
+        if dialect.name != "postgresql":
+            statement = driver_statement(query, dialect)
+        else:
             # an id range at a time: a sorted query's first row comes once the whole
             # scan is done, and the planner would wait for it with nothing to do
             ranged = query.where(
                 files.c.id >= bindparam("chunk_low", None, type_=files.c.id.type),
                 files.c.id < bindparam("chunk_high", None, type_=files.c.id.type),
             )
-            request["query"] = driver_statement(ranged, dialect, ("chunk_low", "chunk_high"))
+            statement = driver_statement(ranged, dialect, ("chunk_low", "chunk_high"))
+        request: Request = {**where, "query": statement, "lookups": lookups, "batch": BATCH}
+        if dialect.name == "postgresql":
             # ids have gaps: ranges are sized by the files' count as last analyzed
             analyzed = literal_column(
                 "(SELECT reltuples FROM pg_class WHERE oid = 'files'::regclass)"
@@ -613,11 +612,11 @@ class Planner:
                 "bounds": driver_statement(
                     select(func.min(files.c.id), func.max(files.c.id), analyzed), dialect
                 ),
-                "ids": CHUNK_IDS,
+                "files": RANGE_FILES,
                 "settings": set_local(PG_CHUNK_SETTINGS),
             }
         # the file columns' result processing (the flags are used as the driver gives them)
-        processing: list[tuple[int, Callable[[Any], Any]]] = []
+        processing: Processing = []
 
         def columns(codes: list[Any]) -> None:
             processing[:] = result_processing(query, dialect, width, codes)

@@ -66,7 +66,7 @@ def _file_rows(conn: Any, request: Request) -> Iterator[tuple[str, list[Any]]]:
             if low is None
             else [
                 {"chunk_low": start, "chunk_high": end}
-                for start, end in id_ranges(low, high, chunks["ids"], files)
+                for start, end in id_ranges(low, high, chunks["files"], files)
             ]
         )
     for number, bounds in enumerate(ranges):

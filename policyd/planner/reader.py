@@ -74,7 +74,7 @@ class Chunks(TypedDict):
     PostgreSQL returns a sorted query's first row only once it has found them all."""
 
     bounds: Statement  # the smallest and largest id, and about how many files there are
-    ids: int  # files per range
+    files: int  # files per range
     settings: list[str]  # for the connection the query runs on
 
 
@@ -258,11 +258,8 @@ def _received(
         pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         child.stdin.close()
         while True:
-            # the pipe, not the buffer in front of it: a batch is larger than the
-            # buffer, so an empty pipe means the child is still at work (at worst,
-            # one idle call's wait for the small last items)
-            while idle is not None and not select.select([answer], [], [], 0)[0] and idle():
-                pass
+            if idle is not None:
+                _idle_until_ready(answer, idle)
             kind, value = pickle.load(answer)
             if kind == "done":
                 return
@@ -283,6 +280,16 @@ def _received(
             + (f": {words[-1]}" if words else ""),
             hint,
         ) from None
+
+
+def _idle_until_ready(answer: IO[bytes], idle: Callable[[], bool]) -> None:
+    """Call `idle` while the pipe is empty and it has more to do. The pipe, not the
+    buffer in front of it: a batch is larger than the buffer, so an empty pipe means
+    the child is still at work (at worst, one idle call's wait for the small last
+    items)."""
+    while not select.select([answer], [], [], 0)[0]:
+        if not idle():
+            return
 
 
 def send(out: IO[bytes], kind: str, value: Any) -> None:

@@ -147,7 +147,7 @@ def test_a_plan_read_by_the_postgresql_reader_is_the_plan_read_in_process(
     in_process = _aps_plan(aps_pg_catalog, monkeypatch, reader_from=10**9)
     assert started == []
     whole = _aps_plan(aps_pg_catalog, monkeypatch, reader_from=0)
-    monkeypatch.setattr(planner_engine, "CHUNK_IDS", 700)
+    monkeypatch.setattr(planner_engine, "RANGE_FILES", 700)
     ranged = _aps_plan(aps_pg_catalog, monkeypatch, reader_from=0)
     assert started == [pg_reader.PROGRAM] * 2
     assert json.loads(in_process)["summary"]["copy"] > 100  # a plan with work in it
@@ -161,7 +161,7 @@ def test_every_case_through_the_reader(
 ) -> None:
     """On PostgreSQL in ranges of 2 ids, so that a case's files span several."""
     monkeypatch.setattr(planner_engine, "READER_FROM_FILES", 0)
-    monkeypatch.setattr(planner_engine, "CHUNK_IDS", 2)
+    monkeypatch.setattr(planner_engine, "RANGE_FILES", 2)
     started = _counting_readers(monkeypatch)
     queries: list[Any] = []
     real = planner_engine.Planner.file_pass_query
@@ -247,7 +247,7 @@ def _sqlite_request(database: str) -> Any:
     }
 
 
-def _pg_request(url: str, chunk_ids: int = 700) -> Any:
+def _pg_request(url: str, range_files: int = 700) -> Any:
     _, connect = create_engine(url).dialect.create_connect_args(make_url(url))
     return {
         "source": shown(url),
@@ -272,7 +272,7 @@ def _pg_request(url: str, chunk_ids: int = 700) -> Any:
                 "params": {},
                 "slots": {},
             },
-            "ids": chunk_ids,
+            "files": range_files,
             "settings": planner_engine.set_local(planner_engine.PG_CHUNK_SETTINGS),
         },
     }
@@ -465,7 +465,7 @@ def test_id_ranges_follow_the_files_not_the_ids() -> None:
 def test_a_sparse_catalog_is_read_in_few_ranges(aps_pg_catalog: str) -> None:
     """The bounds say 10**9 ids for 3,000 files: the child reads them all, in order, in
     about as many ranges as for dense ids (each range a cursor of its own)."""
-    request = _pg_request(aps_pg_catalog, chunk_ids=1000)
+    request = _pg_request(aps_pg_catalog, range_files=1000)
     request["chunks"]["bounds"]["sql"] = "SELECT 1, 1000000000, 3000"
     ids = [row[0] for rows, _ in _batches(request) for row in rows]
     assert ids == list(range(1, 3001))
