@@ -729,10 +729,13 @@ class Planner:
         self, row: Row, matched: list[FileRule], reps: dict[str, Replica]
     ) -> dict[str, list[FileRule]]:
         """Location -> the rules that want a replica there, first wish first (the locks)."""
-        return self.wanted(self.summary(matched), reps)[0]
+        return self.wanted(self.summary(matched), reps, self.pinned(row))[0]
+
+    def pinned(self, row: Row) -> bool:
+        return (row.get("experiment.pinned_until") or 0) > self.now
 
     def wanted(
-        self, m: Matched, reps: dict[str, Replica]
+        self, m: Matched, reps: dict[str, Replica], pinned: bool
     ) -> tuple[dict[str, list[FileRule]], bool]:
         """`desired`, and whether free space chose between locations."""
         want: dict[str, list[FileRule]] = {}
@@ -744,7 +747,7 @@ class Planner:
             if isinstance(s, model.Archive):
                 want.setdefault(s.to, []).append(fr)
             else:
-                targets, spaced = self.replicate_targets(s, reps, want, m.releasing)  # type: ignore[arg-type]
+                targets, spaced = self.replicate_targets(s, reps, want, m.releasing, pinned)  # type: ignore[arg-type]
                 by_space = by_space or spaced
                 for location in targets:
                     want.setdefault(location, []).append(fr)
@@ -756,13 +759,23 @@ class Planner:
         reps: dict[str, Replica],
         want: dict[str, list[FileRule]],
         releasing: set[str],
+        pinned: bool,
     ) -> tuple[list[str], bool]:
-        """Existing replicas (and ones other rules already want) count first, then the
-        locations with the most free space, config order breaking ties. Of more existing
-        replicas than it needs, the rule counts those other rules want, then those no
-        matching rule releases, verified before present, in config order. Also says
-        whether free space ordered more than one location."""
-        have = [loc for loc in s.on if (loc in reps and reps[loc].state in GOOD) or loc in want]
+        """Existing replicas (and ones other rules already want and this plan makes)
+        count first, then the locations with the most free space, config order breaking
+        ties. Of more existing replicas than it needs, the rule counts those other rules
+        want, then those no matching rule releases, verified before present, in config
+        order. Also says whether free space ordered more than one location.
+
+        A replica another rule wants but this plan does not make (that rule is not
+        selected, or it is an archive of a pinned experiment) is no copy yet: counted,
+        it would let a release take an existing replica the rule needs."""
+        have = [
+            loc
+            for loc in s.on
+            if (loc in reps and reps[loc].state in GOOD)
+            or any(_makes(fr, pinned) for fr in want.get(loc, ()))
+        ]
         have.sort(
             key=lambda loc: (
                 loc not in want,
@@ -785,7 +798,7 @@ class Planner:
         reps = {r.location: r for r in replicas}
         _, m = self.matched(row, flags)
         protected = m.protected
-        pinned = (row.get("experiment.pinned_until") or 0) > self.now
+        pinned = self.pinned(row)
 
         if m.expires and any(
             self.plan_expire(fr, row, reps, protected, pinned) for fr in m.expires
@@ -845,19 +858,12 @@ class Planner:
         found = self.makings.get(key)
         if found is not None:
             return found
-        want, by_space = self.wanted(m, reps)
+        want, by_space = self.wanted(m, reps, pinned)
         steps: list[tuple[FileRule, str, str | None, bool]] = []
         for location, wanting in want.items():
-            # The first selected rule that wants the replica makes it; archive skips
-            # pinned experiments (its wish still locks the replica).
-            acting = next(
-                (
-                    fr
-                    for fr in wanting
-                    if fr.selected and not (pinned and isinstance(fr.statement, model.Archive))
-                ),
-                None,
-            )
+            # The first rule that makes what it wants makes the replica; the others'
+            # wishes still lock it.
+            acting = next((fr for fr in wanting if _makes(fr, pinned)), None)
             existing = reps.get(location)
             if acting is None or (existing is not None and existing.state == "verified"):
                 continue
@@ -1214,7 +1220,7 @@ class Planner:
                 reps = {r.location: r for r in row["replicas"]}
                 matched = self.matching(row, flags)
                 protected = [f for f in matched if isinstance(f.statement, model.Protect)]
-                pinned = (row.get("experiment.pinned_until") or 0) > self.now
+                pinned = self.pinned(row)
                 state = self.planned(row)
                 if state.expired:
                     continue
@@ -1530,6 +1536,12 @@ def _planned_by_file(actions: Sequence[Action]) -> dict[tuple[str, str], Planned
         else:
             state.expired = True
     return out
+
+
+def _makes(fr: FileRule, pinned: bool) -> bool:
+    """Whether the rule makes in this plan the replica it wants: it is selected, and it
+    is not an archive of a pinned experiment (archive skips those)."""
+    return fr.selected and not (pinned and isinstance(fr.statement, model.Archive))
 
 
 def _replica_bytes(replica: Replica, row: Row) -> int:
